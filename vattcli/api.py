@@ -1,0 +1,46 @@
+"""The Python API: build a VATT model by name, count its parameters and FLOPs.
+
+>>> from vattcli.api import build_model
+>>> model = build_model("vatt-tiny", droptoken_rate=0.0)
+>>> out = model(video=video, audio=audio, text=ids)   # out["video_vt"], out["text_vt"], ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vattcli.config import ModelRecipe, list_recipes, load_config, to_dict
+from vattcli.core.flops import FlopCount, estimate_flops
+from vattcli.core.model import VATT, ModelConfig
+
+__all__ = ["build_model", "model_config", "list_models", "estimate_flops", "FlopCount", "VATT", "ModelConfig"]
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``build_model`` (the files under ``recipes/models``)."""
+    return list_recipes("models")
+
+
+def model_config(name: str | Path, **overrides) -> ModelConfig:
+    """The ``ModelConfig`` of a model recipe (a name under ``recipes/models`` or a YAML path), with field
+    overrides type-checked like the CLI's ``model.key=value`` (e.g. ``droptoken_rate=0.0``, ``video="medium"``)."""
+    items = [f"model.{key}={_yaml_scalar(value)}" for key, value in overrides.items()]
+    return load_config(ModelRecipe, str(name), items, kind="models").model
+
+
+def _yaml_scalar(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(value), default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def build_model(name: str | Path | ModelConfig, *, device: str | torch.device | None = None, **overrides) -> VATT:
+    """A freshly initialised VATT for ``name`` (vatt-bbs, vatt-mbs, vatt-lbs, vatt-ma-medium, vatt-tiny, or a
+    model recipe path, or a ``ModelConfig``)."""
+    cfg = name if isinstance(name, ModelConfig) else model_config(name, **overrides)
+    if isinstance(name, ModelConfig) and overrides:
+        cfg = cfg.replace(**overrides)
+    with torch.device(device or "cpu"):
+        return VATT(cfg)

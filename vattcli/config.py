@@ -1,0 +1,239 @@
+"""Typed configs: dataclasses filled from YAML recipes plus dotted ``key=value`` overrides.
+
+A recipe is a YAML mapping whose keys are the fields of a config dataclass. A ``model:`` entry may name a model recipe
+(``model: vatt-bbs`` reads ``recipes/models/vatt-bbs.yaml``); there is no other inheritance. Overrides such as
+``model.droptoken_rate=0.25`` or ``model.video=medium`` are parsed as YAML scalars and applied on top. Unknown keys and
+wrong types are rejected with one line naming the key, the file, and the closest known key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from vattcli.core.model import ModelConfig
+from vattcli.errors import ConfigError
+
+T = TypeVar("T")
+
+RECIPES_DIR = Path(os.environ.get("VATT_RECIPES", Path(__file__).resolve().parents[1] / "recipes"))
+
+
+def recipe_path(name: str, kind: str = "") -> Path:
+    """Resolve a recipe given as a path or as a name under ``recipes/`` (``vatt-bbs``, ``models/vatt-bbs``)."""
+    direct = Path(name)
+    if direct.suffix in (".yaml", ".yml") and direct.is_file():
+        return direct
+    stem = name[:-5] if name.endswith(".yaml") else name
+    for candidate in (RECIPES_DIR / kind / f"{stem}.yaml", RECIPES_DIR / f"{stem}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = list_recipes(kind)
+    close = difflib.get_close_matches(stem, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}" if known else ""
+    raise ConfigError(f"no recipe {name!r} (looked for a file and under {RECIPES_DIR / kind}){hint}")
+
+
+def list_recipes(kind: str = "") -> list[str]:
+    root = RECIPES_DIR / kind
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}``; values are YAML scalars or flow lists."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. model.droptoken_rate=0.25)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; ``update`` wins. A mapping replaces a string (e.g. a named size) whole."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples and mappings to dataclasses."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{source}: {where}: expected {expected}, got {type(value).__name__} {value!r}")
+
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, where, source)
+            except ConfigError:
+                continue
+        fail(" or ".join(_type_name(a) for a in args))
+    if origin is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "parse"):
+            try:
+                return tp.parse(value)
+            except ValueError as e:
+                raise ConfigError(f"{source}: {where}: {e}") from None
+        if isinstance(value, dict):
+            return from_dict(tp, value, source=source, prefix=f"{where}.")
+        fail(f"a mapping of {tp.__name__} fields")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            fail(f"a list ({_type_name(tp)})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            fail(f"a list of {len(args)} items")
+        return tuple(_convert(v, a, f"{where}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            fail(f"a list ({_type_name(tp)})")
+        return [_convert(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value)] if args else list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            fail("a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        fail(tp.__name__)
+    return value
+
+
+def from_dict(cls: type[T], data: dict, *, source: str = "<config>", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types with one clear line."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}", source)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML-ready data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
+
+
+def write_config(obj: Any, path: Path) -> None:
+    """Write the resolved config atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dump_yaml(obj), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolve_model_refs(data: dict, source: str) -> dict:
+    """Replace ``model: NAME`` by the ``model`` mapping of ``recipes/models/NAME.yaml``."""
+    if isinstance(data.get("model"), str):
+        path = recipe_path(data["model"], "models")
+        model = load_yaml(path).get("model")
+        if not isinstance(model, dict):
+            raise ConfigError(f"{path}: expected a 'model:' mapping (referenced from {source})")
+        data = {**data, "model": model}
+    return data
+
+
+def load_config(cls: type[T], recipe: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                kind: str = "") -> T:
+    """Recipe (a path or a name under ``recipes/<kind>``) + overrides -> a validated ``cls``."""
+    source, data = "<defaults>", {}
+    if recipe is not None:
+        path = recipe_path(str(recipe), kind)
+        source, data = str(path), load_yaml(path)
+    data = resolve_model_refs(data, source)
+    update = parse_overrides(overrides)
+    if update:
+        data = resolve_model_refs(merge(data, update), "overrides")
+        source = f"{source} + overrides"
+    return from_dict(cls, data, source=source)
+
+
+@dataclasses.dataclass
+class ModelRecipe:
+    """A model recipe file (``recipes/models/*.yaml``): the network's shape and nothing else."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
