@@ -1,0 +1,330 @@
+"""Clip augmentation, evaluation views and audio augmentation, against hand-made references."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vattcli.data import transforms as T
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_frames(t=4, h=48, w=64, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+
+
+def column_frames(t: int, h: int, w: int) -> np.ndarray:
+    """Every pixel's red value is its column index, green its row index."""
+    frames = np.zeros((t, h, w, 3), dtype=np.uint8)
+    frames[..., 0] = np.arange(w, dtype=np.uint8)[None, None, :]
+    frames[..., 1] = np.arange(h, dtype=np.uint8)[None, :, None]
+    return frames
+
+
+def test_normalize_layout_and_model_range():
+    frames = random_frames(t=3, h=5, w=7)
+    clip = T.normalize_uint8(frames)
+    assert clip.shape == (3, 3, 5, 7) and clip.dtype == torch.float32
+    expected = frames.transpose(3, 0, 1, 2).astype(np.float64) / 255.0
+    np.testing.assert_allclose(clip.numpy(), expected, atol=1e-7)
+    assert T.to_model_range(torch.tensor([0.0, 0.5, 1.0])).tolist() == [-1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="uint8 frames"):
+        T.normalize_uint8(frames.astype(np.float32))
+
+
+@pytest.mark.parametrize("style", ["inception", "vgg"])
+def test_train_transform_shape_range_and_determinism(style):
+    frames = random_frames(t=4, h=40, w=56)
+    out = T.train_video_transform(frames, size=32, crop_style=style, generator=gen(1))
+    assert out.shape == (3, 4, 32, 32) and out.dtype == torch.float32
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    again = T.train_video_transform(frames, size=32, crop_style=style, generator=gen(1))
+    assert torch.equal(out, again)
+    others = [T.train_video_transform(frames, size=32, crop_style=style, generator=gen(s)) for s in (2, 3, 4)]
+    assert any(not torch.equal(out, o) for o in others)
+
+
+@pytest.mark.parametrize("style", ["inception", "vgg"])
+def test_every_frame_gets_the_same_parameters(style):
+    frame = random_frames(t=1, h=40, w=56, seed=5)
+    clip = np.repeat(frame, 6, axis=0)
+    for seed in range(4):
+        out = T.train_video_transform(clip, size=24, crop_style=style, generator=gen(seed))
+        for t in range(1, 6):
+            assert torch.equal(out[:, t], out[:, 0])
+
+
+def test_inception_box_bounds():
+    video = T.normalize_uint8(random_frames(t=1, h=60, w=80))
+    g = gen(7)
+    areas, ratios = [], []
+    for _ in range(300):
+        out, box = T.random_resized_crop(video, 16, generator=g, return_box=True)
+        assert out.shape == (3, 1, 16, 16)
+        assert (box.frame_height, box.frame_width) == (60, 80)
+        assert 0 <= box.top and box.top + box.height <= 60
+        assert 0 <= box.left and box.left + box.width <= 80
+        area = box.height * box.width / (60 * 80)
+        ratio = box.width / box.height
+        assert 0.1 <= area <= 1.0  # area >= 0.08 and the 10% coverage rule
+        assert 0.5 - 0.5 / box.height <= ratio <= 2.0 + 0.5 / box.height  # width = round(height * ratio)
+        areas.append(area)
+        ratios.append(ratio)
+    assert min(areas) < 0.3 and max(areas) > 0.7
+    assert min(ratios) < 0.7 and max(ratios) > 1.5
+
+
+def test_inception_crop_content_matches_box():
+    frames = random_frames(t=2, h=30, w=40, seed=3)
+    video = T.normalize_uint8(frames)
+    out, box = T.random_resized_crop(video, 12, generator=gen(11), return_box=True)
+    region = frames[:, box.top : box.top + box.height, box.left : box.left + box.width]
+    ref = torch.from_numpy(region).permute(0, 3, 1, 2).double() / 255.0
+    ref = F.interpolate(ref, size=(12, 12), mode="bilinear", antialias=True).permute(1, 0, 2, 3)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_inception_falls_back_to_whole_frame():
+    video = T.normalize_uint8(random_frames(t=1, h=64, w=64))
+    out, box = T.random_resized_crop(video, 16, area=(0.9, 1.0), aspect=(3.0, 4.0), generator=gen(), return_box=True)
+    assert (box.top, box.left, box.height, box.width) == (0, 0, 64, 64)
+    assert out.shape == (3, 1, 16, 16)
+
+
+def test_vgg_crop_box_and_content():
+    frames = random_frames(t=2, h=90, w=120, seed=4)
+    video = T.normalize_uint8(frames)
+    out, box = T.scale_jitter_crop(video, 64, min_resize=72, p=0.0, generator=gen(), return_box=True)
+    assert (box.frame_height, box.frame_width) == (72, 96)  # 120 * 72 // 90 = 96
+    assert out.shape == (3, 2, 64, 64)
+    assert 0 <= box.top <= 72 - 64 and 0 <= box.left <= 96 - 64
+    frames72 = T.normalize_uint8(frames)
+    frames72 = F.interpolate(frames72.transpose(0, 1), size=(72, 96), mode="bilinear", antialias=True)
+    ref = frames72.transpose(0, 1)[..., box.top : box.top + 64, box.left : box.left + 64]
+    torch.testing.assert_close(out, ref)
+
+
+def test_vgg_scale_jitter_changes_aspect_within_bounds():
+    video = T.normalize_uint8(random_frames(t=1, h=90, w=120))
+    g = gen(9)
+    aspects = set()
+    for _ in range(40):
+        _, box = T.scale_jitter_crop(video, 64, min_resize=72, p=1.0, generator=g, return_box=True)
+        assert min(box.frame_height, box.frame_width) == 72
+        aspect = box.frame_width / box.frame_height
+        assert (120 / 90) * 0.8 / 1.2 - 0.03 <= aspect <= (120 / 90) * 1.2 / 0.8 + 0.03
+        aspects.add(round(aspect, 3))
+    assert len(aspects) > 5
+
+
+def test_flip_reverses_columns():
+    arr = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
+    video = T.normalize_uint8(arr)
+    flipped = T.horizontal_flip(video, p=1.0, generator=gen())
+    expected = T.normalize_uint8(np.ascontiguousarray(arr[:, :, ::-1, :]))
+    assert torch.equal(flipped, expected)
+    assert torch.equal(T.horizontal_flip(video, p=0.0, generator=gen()), video)
+
+
+def test_brightness_only_jitter_shifts_by_delta():
+    video = 0.3 + 0.4 * torch.rand(3, 2, 8, 8, generator=gen(1))
+    out, params = T.color_jitter(
+        video, p=1.0, saturation=0.0, contrast=0.0, hue=0.0, generator=gen(2), return_params=True
+    )
+    assert params.applied and abs(params.brightness) <= 32 / 255 and params.brightness != 0.0
+    assert (params.saturation, params.contrast, params.hue) == (1.0, 1.0, 0.0)
+    torch.testing.assert_close(out - video, torch.full_like(video, params.brightness))
+    assert abs((out.mean() - video.mean()).item() - params.brightness) < 1e-6
+
+
+def test_color_jitter_ranges_and_probability():
+    video = torch.rand(3, 2, 8, 8, generator=gen(1))
+    untouched, params = T.color_jitter(video, p=0.0, generator=gen(3), return_params=True)
+    assert not params.applied and torch.equal(untouched, video)
+    g = gen(4)
+    for _ in range(30):
+        out, params = T.color_jitter(video, p=1.0, generator=g, return_params=True)
+        assert 0.6 <= params.saturation <= 1.4 and 0.6 <= params.contrast <= 1.4
+        assert abs(params.hue) <= 0.2 and abs(params.brightness) <= 32 / 255
+        assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_neutral_hue_and_saturation_are_identity():
+    video = torch.rand(3, 2, 6, 6, generator=gen(5))
+    torch.testing.assert_close(T.adjust_hue(video, 0.0), video, atol=1e-6, rtol=0)
+    torch.testing.assert_close(T.adjust_saturation(video, 1.0), video, atol=1e-6, rtol=0)
+    torch.testing.assert_close(T.adjust_contrast(video, 1.0), video, atol=1e-6, rtol=0)
+
+
+def pixels(n=400, seed=0, high=1.0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    px = rng.uniform(0.0, high, (3, n))
+    px[:, :60] = np.round(px[:, :60] * 2) / 2  # ties between channels, greys and black
+    return torch.from_numpy(px)
+
+
+def circular(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = np.abs(a - b) % 1.0
+    return np.minimum(d, 1.0 - d)
+
+
+def test_hsv_matches_colorsys():
+    rgb = pixels()
+    hsv = T.rgb_to_hsv(rgb).numpy()
+    ref = np.array([colorsys.rgb_to_hsv(*p) for p in rgb.T.tolist()]).T
+    assert circular(hsv[0], ref[0]).max() < 1e-12
+    np.testing.assert_allclose(hsv[1:], ref[1:], atol=1e-12)
+    hsv_in = torch.from_numpy(np.random.default_rng(1).uniform(0.0, 1.0, (3, 400)))
+    back = T.hsv_to_rgb(hsv_in).numpy()
+    ref_rgb = np.array([colorsys.hsv_to_rgb(*p) for p in hsv_in.T.tolist()]).T
+    np.testing.assert_allclose(back, ref_rgb, atol=1e-12)
+    np.testing.assert_allclose(T.hsv_to_rgb(T.rgb_to_hsv(rgb)).numpy(), rgb.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.6, 1.4, 3.0])
+def test_saturation_matches_colorsys(factor):
+    rgb = pixels(seed=2, high=1.2)
+
+    def ref_pixel(p):
+        h, s, v = colorsys.rgb_to_hsv(*p)
+        return colorsys.hsv_to_rgb(h, min(max(s * factor, 0.0), 1.0), v)
+
+    ref = np.array([ref_pixel(p) for p in rgb.T.tolist()]).T
+    np.testing.assert_allclose(T.adjust_saturation(rgb, factor).numpy(), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("delta", [-0.2, 0.07, 1 / 3])
+def test_hue_matches_colorsys(delta):
+    rgb = pixels(seed=3)
+
+    def ref_pixel(p):
+        h, s, v = colorsys.rgb_to_hsv(*p)
+        return colorsys.hsv_to_rgb((h + delta) % 1.0, s, v)
+
+    ref = np.array([ref_pixel(p) for p in rgb.T.tolist()]).T
+    np.testing.assert_allclose(T.adjust_hue(rgb, delta).numpy(), ref, atol=1e-12)
+
+
+def test_hand_computed_colour_cases():
+    red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1, 1)
+    torch.testing.assert_close(T.adjust_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1, 1))
+    pink = torch.tensor([0.8, 0.4, 0.4]).view(3, 1, 1, 1)  # h 0, s 0.5, v 0.8
+    torch.testing.assert_close(T.adjust_saturation(pink, 2.0), torch.tensor([0.8, 0.0, 0.0]).view(3, 1, 1, 1))
+    torch.testing.assert_close(T.adjust_saturation(pink, 0.0), torch.full((3, 1, 1, 1), 0.8))
+    two = torch.tensor([0.2, 0.6]).view(1, 1, 1, 2).repeat(3, 1, 1, 1)  # mean 0.4
+    expected = torch.tensor([0.1, 0.7]).view(1, 1, 1, 2).repeat(3, 1, 1, 1)
+    torch.testing.assert_close(T.adjust_contrast(two, 1.5), expected)
+
+
+@pytest.mark.parametrize("width, starts", [(80, [0, 24, 48]), (81, [0, 24, 49]), (83, [0, 26, 51])])
+def test_three_crops_hit_left_centre_right(width, starts):
+    video = T.normalize_uint8(column_frames(2, 32, width))
+    crops = T.three_crops(video, 32)
+    assert crops.shape == (3, 3, 2, 32, 32)
+    for crop, start in zip(crops, starts):
+        expected_cols = (start + torch.arange(32, dtype=torch.float32)) / 255.0
+        torch.testing.assert_close(crop[0, 0, 0], expected_cols)
+        torch.testing.assert_close(crop[1, 0, :, 0], torch.arange(32, dtype=torch.float32) / 255.0)
+
+
+def test_three_crops_portrait_runs_along_height_and_resizes():
+    video = T.normalize_uint8(column_frames(1, 80, 32))
+    crops = T.three_crops(video, 32)
+    for crop, start in zip(crops, [0, 24, 48]):
+        torch.testing.assert_close(crop[1, 0, :, 0], (start + torch.arange(32, dtype=torch.float32)) / 255.0)
+    big = T.normalize_uint8(random_frames(t=2, h=64, w=160))
+    assert T.three_crops(big, 32).shape == (3, 3, 2, 32, 32)
+
+
+def test_center_crop_takes_middle_window():
+    video = T.normalize_uint8(column_frames(1, 32, 80))
+    crop = T.center_crop(video, 32)
+    torch.testing.assert_close(crop[0, 0, 0], (24 + torch.arange(32, dtype=torch.float32)) / 255.0)
+    resized = T.center_crop(T.normalize_uint8(random_frames(t=1, h=64, w=96)), 24, resize_to=32)
+    assert resized.shape == (3, 1, 24, 24)
+
+
+def test_uniform_window_starts_hand_cases():
+    assert T.uniform_window_starts(10.0, 2.56, 4) == pytest.approx([0.0, 2.48, 4.96, 7.44])
+    assert T.uniform_window_starts(13.0, 1.0, 5) == pytest.approx([0.0, 3.0, 6.0, 9.0, 12.0])
+    assert T.uniform_window_starts(2.0, 3.2, 4) == [0.0, 0.0, 0.0, 0.0]
+    assert T.uniform_window_starts(3.2, 3.2, 4) == [0.0, 0.0, 0.0, 0.0]
+    assert T.uniform_window_starts(10.0, 2.0, 1) == [0.0]
+
+
+def test_linspace_window_indices_hand_cases():
+    idx = T.linspace_window_indices(100, 8, stride=2, num_windows=4)
+    assert idx[:, 0].tolist() == [0, 28, 56, 84]
+    assert idx[3].tolist() == [84, 86, 88, 90, 92, 94, 96, 98]
+    short = T.linspace_window_indices(10, 8, stride=2, num_windows=2)
+    assert short.tolist() == [[0, 2, 4, 6, 8, 0, 2, 4]] * 2
+
+
+def test_eval_views_windows_and_crops():
+    frames = np.zeros((20, 40, 60, 3), dtype=np.uint8)
+    frames[:] = (np.arange(20, dtype=np.uint8) * 10)[:, None, None, None]  # frame t has value 10 t
+    views = T.eval_views(frames, 32, num_windows=4, num_crops=3, num_frames=4, stride=2)
+    assert views.shape == (12, 3, 4, 32, 32) and views.dtype == torch.float32
+    for w, offset in enumerate([0, 4, 8, 12]):  # max offset 20 - 4 * 2 = 12
+        for c in range(3):
+            frame_values = views[w * 3 + c, 0, :, 0, 0]
+            expected = torch.tensor([(offset + 2 * k) * 10 / 255 * 2 - 1 for k in range(4)], dtype=torch.float32)
+            torch.testing.assert_close(frame_values, expected)
+    single = T.eval_views(frames, 32, num_windows=4, num_crops=1, num_frames=4, stride=2)
+    assert single.shape == (4, 3, 4, 32, 32)
+
+
+def test_image_to_clip_repeats_and_transforms_consistently():
+    image = random_frames(t=1, h=40, w=48)[0]
+    clip = T.image_to_clip(image, num_frames=4)
+    assert clip.shape == (4, 40, 48, 3) and clip.dtype == np.uint8
+    assert all(np.array_equal(clip[t], image) for t in range(4))
+    out = T.train_video_transform(clip, size=32, generator=gen(2))
+    assert all(torch.equal(out[:, t], out[:, 0]) for t in range(4))
+
+
+def test_gaussian_noise_std_is_one_percent_of_peak():
+    t = torch.linspace(0, 100, 200_000, dtype=torch.float64)
+    audio = 0.5 * torch.sin(t)
+    peak = audio.abs().max().item()
+    noisy = T.add_gaussian_noise(audio, 0.01, generator=gen(3))
+    noise = (noisy - audio).numpy()
+    assert abs(noise.std() / (0.01 * peak) - 1.0) < 0.02
+    assert abs(noise.mean()) < 5 * 0.01 * peak / np.sqrt(noise.size)
+    assert torch.equal(noisy, T.add_gaussian_noise(audio, 0.01, generator=gen(3)))
+
+
+def test_mixup_mixes_inputs_and_labels_consistently():
+    b = 8
+    x = torch.eye(b).view(b, b, 1)  # sample i is e_i, so a row shows its mixing weights
+    y = torch.eye(b)
+    xm, ym, lam = T.mixup(x, y, generator=gen(4))
+    assert lam.shape == (b,) and ((lam > 0) & (lam < 1)).all()
+    torch.testing.assert_close(xm.view(b, b), ym)
+    for i in range(b):
+        row = ym[i]
+        assert row.sum().item() == pytest.approx(1.0)
+        nonzero = sorted(row[row > 0].tolist())
+        if len(nonzero) == 1:
+            assert row[i].item() == pytest.approx(1.0)  # paired with itself
+        else:
+            assert row[i].item() == pytest.approx(lam[i].item())
+            assert nonzero == pytest.approx(sorted([lam[i].item(), 1 - lam[i].item()]))
+    xm2, _, lam2 = T.mixup(x, y, generator=gen(4))
+    assert torch.equal(xm, xm2) and torch.equal(lam, lam2)
+    with pytest.raises(ValueError, match="float"):
+        T.mixup(x, torch.arange(b), generator=gen())
+
+
+def test_mixup_lambda_follows_beta_5_5():
+    x = torch.zeros(4000, 1)
+    _, _, lam = T.mixup(x, torch.zeros(4000, 2), generator=gen(6))
+    assert abs(lam.mean().item() - 0.5) < 0.01
+    assert abs(lam.var().item() / (25 / (100 * 11)) - 1.0) < 0.1  # Beta(5,5) variance ab/((a+b)^2 (a+b+1))

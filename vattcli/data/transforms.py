@@ -1,0 +1,428 @@
+"""Clip augmentation, evaluation views and audio augmentation.
+
+Frames arrive as decoded numpy uint8 (T, H, W, 3) and leave as the model's layout: torch float32
+(3, T, H, W) in [-1, 1] [P A.2.1; C configs/dataset.py ``zero_centering_image``]. In between,
+every op takes and returns a float (3, T, H, W) clip in [0, 1]. One set of random parameters is
+drawn per clip, so all frames share the crop, flip and colour change. Randomness comes from a
+``torch.Generator`` (``None`` = torch's global generator). Resizing is bilinear with antialiasing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop in pixels, and the size of the frame it was cut from (after any resize)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    frame_height: int
+    frame_width: int
+
+
+@dataclass(frozen=True)
+class ColorParams:
+    """One clip's colour jitter: brightness delta, saturation/contrast factors, hue delta."""
+
+    applied: bool
+    brightness: float
+    saturation: float
+    contrast: float
+    hue: float
+
+
+def normalize_uint8(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [0, 1]."""
+    if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3):
+        got = f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}"
+        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {got}")
+    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+    return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
+def to_model_range(video: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1] [P A.2.1]."""
+    return video * 2.0 - 1.0
+
+
+def image_to_clip(image: np.ndarray, num_frames: int = 4) -> np.ndarray:
+    """Repeat an (H, W, 3) uint8 image along time so it fills one 4-frame tubelet [P §4.2.3]."""
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    return np.repeat(image[None], num_frames, axis=0)
+
+
+def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def _randint(generator: torch.Generator | None, low: int, high: int) -> int:
+    """Uniform integer in the closed range [low, high]."""
+    return int(torch.randint(low, high + 1, (), generator=generator).item())
+
+
+def _resize(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if tuple(video.shape[-2:]) == (height, width):
+        return video
+    frames = F.interpolate(video.transpose(0, 1), size=(height, width), mode="bilinear", antialias=True)
+    return frames.transpose(0, 1)
+
+
+def _cut(video: torch.Tensor, box: CropBox) -> torch.Tensor:
+    return video[..., box.top : box.top + box.height, box.left : box.left + box.width]
+
+
+def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so min(H, W) == size, with DMVR ``resize_smallest``'s integer rounding."""
+    h, w = video.shape[-2:]
+    return _resize(video, max(size, h * size // w), max(size, w * size // h))
+
+
+def random_resized_crop(
+    video: torch.Tensor,
+    size: int,
+    area: tuple[float, float] = (0.08, 1.0),
+    aspect: tuple[float, float] = (0.5, 2.0),
+    attempts: int = 100,
+    min_object_covered: float = 0.1,
+    *,
+    generator: torch.Generator | None = None,
+    return_box: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, CropBox]:
+    """Inception-style crop, then resize to size x size [P A.2.1; C data/processing.py random_crop_resize].
+
+    Follows ``tf.image.sample_distorted_bounding_box``: aspect (width / height) uniform in
+    ``aspect``, then the crop height uniform between the heights giving the smallest and largest
+    allowed areas; ``min_object_covered=0.1`` (VATT's value) also rejects crops under 10% of the
+    frame. After ``attempts`` failures the whole frame is used. Unlike TF (whose offset draw
+    never reaches the last row/column), offsets cover the full valid range.
+    """
+    h, w = video.shape[-2:]
+    box = _sample_inception_box(h, w, area, aspect, attempts, min_object_covered, generator)
+    out = _resize(_cut(video, box), size, size)
+    return (out, box) if return_box else out
+
+
+def _sample_inception_box(h, w, area, aspect, attempts, min_object_covered, generator) -> CropBox:
+    min_area, max_area = area[0] * h * w, area[1] * h * w
+    for _ in range(attempts):
+        ratio = _uniform(generator, *aspect)
+        found = _try_inception_box(h, w, min_area, max_area, ratio, generator)
+        if found is not None and found[2] * found[3] >= min_object_covered * h * w:
+            return CropBox(*found, h, w)
+    return CropBox(0, 0, h, w, h, w)
+
+
+def _try_inception_box(h, w, min_area, max_area, ratio, generator) -> tuple[int, int, int, int] | None:
+    """One attempt of TF's GenerateRandomCrop (sample_distorted_bounding_box_op.cc)."""
+    crop_h = round(math.sqrt(min_area / ratio))
+    max_h = round(math.sqrt(max_area / ratio))
+    if round(max_h * ratio) > w:
+        max_h = int((w + 0.5 - 1e-7) / ratio)
+        if round(max_h * ratio) > w:
+            max_h -= 1
+    max_h = min(max_h, h)
+    crop_h = _randint(generator, min(crop_h, max_h), max_h)
+    crop_w = round(crop_h * ratio)
+    for _ in range(2):  # TF grows the box by a row at a time when rounding left it too small
+        if crop_w * crop_h >= min_area:
+            break
+        crop_h += 1
+        crop_w = round(crop_h * ratio)
+    if not (min_area <= crop_w * crop_h <= max_area and 0 < crop_w <= w and 0 < crop_h <= h):
+        return None
+    return _randint(generator, 0, h - crop_h), _randint(generator, 0, w - crop_w), crop_h, crop_w
+
+
+def scale_jitter_crop(
+    video: torch.Tensor,
+    size: int,
+    min_resize: int | None = None,
+    jitter: tuple[float, float] = (0.8, 1.2),
+    p: float = 0.8,
+    *,
+    generator: torch.Generator | None = None,
+    return_box: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, CropBox]:
+    """The code's default 'VGG' crop [C configs/dataset.py, data/dataloaders.py; DMVR scale_jitter_augm].
+
+    With probability ``p`` height and width are rescaled by independent factors in ``jitter``
+    (this runs before the short-side resize, as the code inserts it), then the short side is
+    resized to ``min_resize`` (default ``size``) and a random size x size window is cut.
+    """
+    min_resize = size if min_resize is None else min_resize
+    if min_resize < size:
+        raise ValueError(f"min_resize ({min_resize}) must be at least the crop size ({size})")
+    h, w = video.shape[-2:]
+    h_scale, w_scale = _uniform(generator, *jitter), _uniform(generator, *jitter)
+    if _uniform(generator, 0.0, 1.0) < p:
+        video = _resize(video, int(h_scale * h), int(w_scale * w))
+    video = resize_short_side(video, min_resize)
+    fh, fw = video.shape[-2:]
+    box = CropBox(_randint(generator, 0, fh - size), _randint(generator, 0, fw - size), size, size, fh, fw)
+    out = _cut(video, box)
+    return (out, box) if return_box else out
+
+
+def horizontal_flip(video: torch.Tensor, p: float = 0.5, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror every frame left-right with probability ``p`` [P A.2.1]."""
+    return video.flip(-1) if _uniform(generator, 0.0, 1.0) < p else video
+
+
+def _hexcone(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue in sextants [0, 6), value (max) and chroma (max - min; 0 where max <= 0, as TF's kernel).
+
+    Hue is continuous where two channels tie for the max, so which one ``max`` picks is irrelevant.
+    """
+    v, idx = rgb.max(dim=0)
+    spread = v - rgb.amin(dim=0)
+    diff = rgb.roll(-1, 0) - rgb.roll(-2, 0)  # (g - b, b - r, r - g)
+    num = diff.gather(0, idx[None])[0]
+    h6 = torch.remainder(num / torch.where(spread > 0, spread, 1.0) + 2.0 * idx, 6.0)
+    return h6, v, torch.where(v > 0, spread, 0.0)
+
+
+def _from_hexcone(h6: torch.Tensor, v: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """Channel n of (r, g, b) = v - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6, n = 5, 3, 1."""
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=h6.dtype).view(3, *([1] * h6.dim()))
+    k = torch.remainder(n + h6, 6.0)
+    return v - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """RGB -> HSV along dim 0, hue in turns (TF's and colorsys' hexcone formulas)."""
+    h6, v, chroma = _hexcone(rgb)
+    s = chroma / torch.where(v > 0, v, 1.0)
+    return torch.stack([torch.where(chroma > 0, h6 / 6.0, 0.0), s, v])
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """HSV -> RGB along dim 0."""
+    h, s, v = hsv.unbind(0)
+    return _from_hexcone(h * 6.0, v, s * v)
+
+
+def adjust_saturation(video: torch.Tensor, factor: float) -> torch.Tensor:
+    """Scale HSV saturation, clipped to [0, 1] (tf.image.adjust_saturation), without leaving RGB.
+
+    Hue and value fixed, each channel moves from the max by the chroma ratio:
+    x' = v - k (v - x), k = min(factor, v / (v - min)), and k = 0 (grey) where v <= 0.
+    """
+    v = video.amax(dim=0)
+    spread = v - video.amin(dim=0)
+    k = torch.where(v > 0, torch.clamp(v / torch.where(spread > 0, spread, 1.0), max=factor), 0.0)
+    return v - k * (v - video)
+
+
+def adjust_contrast(video: torch.Tensor, factor: float) -> torch.Tensor:
+    """(x - mean) * factor + mean, mean per frame and channel (tf.image.adjust_contrast)."""
+    mean = video.mean(dim=(-2, -1), keepdim=True)
+    return (video - mean) * factor + mean
+
+
+def adjust_hue(video: torch.Tensor, delta: float) -> torch.Tensor:
+    """Rotate the hue by ``delta`` turns (tf.image.adjust_hue)."""
+    h6, v, chroma = _hexcone(video)
+    return _from_hexcone(h6 + 6.0 * delta, v, chroma)
+
+
+def color_jitter(
+    video: torch.Tensor,
+    p: float = 0.8,
+    brightness: float = 32 / 255,
+    saturation: float = 0.4,
+    contrast: float = 0.4,
+    hue: float = 0.2,
+    *,
+    generator: torch.Generator | None = None,
+    return_params: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ColorParams]:
+    """DMVR ``color_default_augm`` as VATT calls it (p = 0.8, no colour drop) [P A.2.1; DMVR processors.py].
+
+    One parameter set per clip: brightness delta U[-b, b], saturation and contrast factors
+    U[1 - s, 1 + s] (so [0.6, 1.4]), hue delta U[-h, h]. Applied in DMVR's fixed order
+    (brightness, saturation, contrast, hue), then clipped to [0, 1].
+    """
+    applied = _uniform(generator, 0.0, 1.0) < p
+    params = ColorParams(
+        applied=applied,
+        brightness=_uniform(generator, -brightness, brightness),
+        saturation=_uniform(generator, 1.0 - saturation, 1.0 + saturation),
+        contrast=_uniform(generator, 1.0 - contrast, 1.0 + contrast),
+        hue=_uniform(generator, -hue, hue),
+    )
+    out = _apply_color(video, params) if applied else video
+    return (out, params) if return_params else out
+
+
+def _apply_color(video: torch.Tensor, params: ColorParams) -> torch.Tensor:
+    video = video + params.brightness
+    if params.saturation != 1.0:
+        video = adjust_saturation(video, params.saturation)
+    if params.contrast != 1.0:
+        video = adjust_contrast(video, params.contrast)
+    if params.hue != 0.0:
+        video = adjust_hue(video, params.hue)
+    return torch.clamp(video, 0.0, 1.0)
+
+
+def train_video_transform(
+    frames: np.ndarray,
+    size: int = 224,
+    *,
+    crop_style: str = "inception",
+    flip: bool = True,
+    color: bool = True,
+    min_resize: int | None = None,
+    area: tuple[float, float] = (0.08, 1.0),
+    aspect: tuple[float, float] = (0.5, 2.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> augmented float32 (3, T, size, size) in [-1, 1] [P A.2.1].
+
+    ``crop_style="inception"`` is the paper's crop; ``"vgg"`` is the code default (short side to
+    ``min_resize``, scale jitter, random crop) [C configs/dataset.py].
+    """
+    video = normalize_uint8(frames)
+    if crop_style == "inception":
+        video = random_resized_crop(video, size, area, aspect, generator=generator)
+    elif crop_style == "vgg":
+        video = scale_jitter_crop(video, size, min_resize, generator=generator)
+    else:
+        raise ValueError(f"crop_style: expected 'inception' or 'vgg', got {crop_style!r}")
+    if flip:
+        video = horizontal_flip(video, generator=generator)
+    if color:
+        video = color_jitter(video, generator=generator)
+    return to_model_range(video).contiguous()
+
+
+def center_crop(video: torch.Tensor, size: int, resize_to: int | None = None) -> torch.Tensor:
+    """Short side to ``resize_to`` (default ``size``), then the central size x size window [C data/dataloaders.py]."""
+    resize_to = size if resize_to is None else resize_to
+    if resize_to < size:
+        raise ValueError(f"resize_to ({resize_to}) must be at least the crop size ({size})")
+    video = resize_short_side(video, resize_to)
+    h, w = video.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return video[..., top : top + size, left : left + size]
+
+
+def three_crops(video: torch.Tensor, size: int) -> torch.Tensor:
+    """Short side to ``size``, then 3 crops along the long side: start, centre, end [P A.2.5].
+
+    Returns (3, 3, T, size, size), views first. Offsets as in the code's ``multi_crop_image``:
+    0, round(L / 2 - size // 2) (half to even), L - size [C data/processing.py].
+    """
+    video = resize_short_side(video, size)
+    h, w = video.shape[-2:]
+    along_height = h >= w
+    length = h if along_height else w
+    crops = []
+    for start in (0, round(length / 2 - size // 2), length - size):
+        if along_height:
+            crops.append(video[..., start : start + size, :size])
+        else:
+            crops.append(video[..., :size, start : start + size])
+    return torch.stack(crops)
+
+
+def uniform_window_starts(duration: float, clip_seconds: float, n: int = 4) -> list[float]:
+    """Start times (s) of ``n`` evenly spaced clips covering the video, first at 0, last ending at the end.
+
+    A video no longer than one clip gives ``n`` starts at 0 [P A.2.5, A.3.3].
+    """
+    span = max(0.0, duration - clip_seconds)
+    if n == 1:
+        return [0.0]
+    return [span * i / (n - 1) for i in range(n)]
+
+
+def linspace_window_indices(num_total: int, num_frames: int, stride: int = 1, num_windows: int = 4) -> np.ndarray:
+    """Frame indices (num_windows, num_frames) of evenly spaced windows (DMVR sample_linspace_sequence).
+
+    Offsets are int(linspace(0, max(0, N - num_frames * stride), num_windows)); a video too short
+    for a window repeats from its start (indices wrap modulo N).
+    """
+    max_offset = max(0, num_total - num_frames * stride)
+    offsets = np.linspace(0.0, float(max_offset), num_windows).astype(np.int64)
+    steps = np.arange(num_frames, dtype=np.int64) * stride
+    return (offsets[:, None] + steps[None, :]) % num_total
+
+
+def eval_views(
+    frames: np.ndarray,
+    size: int,
+    num_windows: int = 4,
+    num_crops: int = 3,
+    *,
+    num_frames: int = 32,
+    stride: int = 1,
+) -> torch.Tensor:
+    """All test views of one decoded video: (num_windows * num_crops, 3, num_frames, size, size) in [-1, 1].
+
+    Windows come from ``linspace_window_indices``; each gives 3 crops (fine-tuning test, 4 x 3
+    = 12 views) or 1 centre crop (linear probe and retrieval) [P A.2.5, A.3.2, A.3.3]. Views are
+    window-major. For long videos decode each window separately (``uniform_window_starts``)
+    and call ``three_crops`` / ``center_crop`` per window instead.
+    """
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops: expected 1 (centre) or 3, got {num_crops}")
+    if len(frames) == 0:
+        raise ValueError("eval_views: the video has no frames")
+    views = []
+    for window in linspace_window_indices(len(frames), num_frames, stride, num_windows):
+        video = normalize_uint8(frames[window])
+        views.append(three_crops(video, size) if num_crops == 3 else center_crop(video, size)[None])
+    return to_model_range(torch.cat(views)).contiguous()
+
+
+def add_gaussian_noise(
+    audio: torch.Tensor, scale: float = 0.01, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Add N(0, (scale * max|x|)^2) noise to one clip's waveform [C data/processing.py add_gaussian]."""
+    std = scale * audio.abs().max()
+    noise = torch.randn(audio.shape, generator=generator, dtype=audio.dtype)
+    return audio + noise.to(audio.device) * std
+
+
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, alpha: float = 5.0, beta: float = 5.0, *, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix each sample with a randomly permuted partner: lam * a + (1 - lam) * b, same lam for x and y.
+
+    As the code's ``batched_mixup``: the partner comes from a random permutation of the batch and
+    lam ~ Beta(alpha, beta) is drawn per sample (shape (B,)) [C data/processing.py; P A.3].
+    ``y`` must be float (one-hot or multi-hot) labels.
+    """
+    if not y.is_floating_point():
+        raise ValueError("mixup needs float (one-hot or multi-hot) labels, got integer class ids")
+    batch = x.shape[0]
+    perm = torch.randperm(batch, generator=generator)
+    lam = _sample_beta(alpha, beta, batch, generator)
+
+    def mix(t: torch.Tensor) -> torch.Tensor:
+        weight = lam.to(t.device, t.dtype).view(batch, *([1] * (t.dim() - 1)))
+        return weight * t + (1.0 - weight) * t[perm.to(t.device)]
+
+    return mix(x), mix(y), lam.to(x.device)
+
+
+def _sample_beta(alpha: float, beta: float, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Beta samples drawn from ``generator`` (torch's Beta sampler only reads the global RNG)."""
+    dist = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(beta)))
+    if generator is None:
+        return dist.sample((n,))
+    seed = int(torch.randint(0, 2**62, (), generator=generator).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return dist.sample((n,))
