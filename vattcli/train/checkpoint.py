@@ -1,0 +1,537 @@
+"""Checkpoints as folders: ``<run_dir>/ckpt-<step:08d>/`` with weights, config, tokenizer, train state and meta.
+
+Layout (design.md, Checkpoints): ``model.safetensors`` (every tensor once; aliases of shared modules, such as the
+VATT-MA encoder registered under ``video``/``audio``/``text``, are listed in the safetensors metadata and restored on
+load), ``config.yaml``, ``tokenizer.model`` or ``tokenizer.txt``, ``train_state.pt`` (optimizer, scheduler, step, RNG,
+data position; only types ``torch.load(weights_only=True)`` accepts) and ``meta.json`` (versions, step, metrics,
+sha256 of the weights, file list).
+
+A checkpoint is written into ``.tmp-ckpt-<step>-<pid>`` next to its final name and renamed when complete, so a crash
+never leaves a half checkpoint under a ``ckpt-*`` name. It counts as complete when ``meta.json`` exists and names
+files that exist; ``verify=True`` also checks the weights hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import vattcli
+from vattcli.errors import CheckpointError
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+TRAIN_STATE = "train_state.pt"
+META = "meta.json"
+BEST = "best.json"
+TOKENIZER_NAMES = {".model": "tokenizer.model", ".txt": "tokenizer.txt"}
+TMP_PREFIX = ".tmp-ckpt-"
+_ALIASES_KEY = "vatt_aliases"
+_CKPT_RE = re.compile(r"ckpt-(\d{8,})")
+_TMP_PID_RE = re.compile(re.escape(TMP_PREFIX) + r"\d+-(\d+)(?:\.old)?")
+_MAX_LISTED = 8
+
+Reshape = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+class LoadResult(NamedTuple):
+    """What ``load_weights`` did besides plain copies (all empty after a strict load without a hook)."""
+
+    missing: list[str]
+    unexpected: list[str]
+    reshaped: list[str]
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module whose parameter names go into the file: DDP/DataParallel and ``torch.compile`` wrappers removed."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _unique_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State-dict tensors stored once each, and ``alias -> stored name`` for names that are the same tensor.
+
+    Persistent buffers (BatchNorm running statistics) are in the state dict and so are saved. Distinct views into one
+    storage (not the same tensor) are cloned, since safetensors refuses overlapping storage.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    by_view: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, t in _unwrap(model).state_dict().items():
+        t = t.detach()
+        if t.numel() == 0:
+            tensors[name] = t.cpu().contiguous()
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        view = (t.device, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in by_view:
+            aliases[name] = by_view[view]
+            continue
+        by_view[view] = name
+        tensors[name] = (t.clone() if ptr in storages else t).cpu().contiguous()
+        storages.add(ptr)
+    return tensors, aliases
+
+
+def _write_weights(path: Path, model: nn.Module) -> None:
+    tensors, aliases = _unique_tensors(model)
+    save_file(tensors, str(path), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every name the saved model had, aliases pointing at their stored tensor."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    for alias, stored in aliases.items():
+        tensors[alias] = tensors[stored]
+    return tensors
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def load_weights(model: nn.Module, ckpt_dir: str | os.PathLike[str], *, strict: bool = True, prefix: str = "",
+                 reshape: Reshape | None = None) -> LoadResult:
+    """Copy a checkpoint's weights into ``model``, or refuse with one error naming every misfit.
+
+    ``prefix="video."`` loads only the tensors under that prefix, stripped, so a backbone alone can take one tower of a
+    pre-training checkpoint. ``strict=False`` tolerates missing and unexpected tensors but never a shape mismatch,
+    unless ``reshape(name, saved, own)`` returns a tensor of the model's shape (the fine-tuning path resamples
+    ``...positions.tables.N`` to a new grid this way); ``name`` is the model's name, the prefix already stripped.
+    """
+    path = Path(ckpt_dir) / WEIGHTS
+    saved = _read_weights(path)
+    if prefix:
+        saved = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+        if not saved:
+            raise CheckpointError(f"{path}: no tensors under prefix {prefix!r}")
+    target = _unwrap(model)
+    own = target.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    mismatched, reshaped, source = [], [], {}
+    for name in (k for k in own if k in saved):
+        tensor = saved[name]
+        if tensor.shape != own[name].shape:
+            new = reshape(name, tensor, own[name]) if reshape is not None else None
+            if new is None or new.shape != own[name].shape:
+                got = "" if new is None else f", reshape hook gave {tuple(new.shape)}"
+                mismatched.append(f"{name} (checkpoint {tuple(tensor.shape)}, model {tuple(own[name].shape)}{got})")
+                continue
+            tensor = new
+            reshaped.append(name)
+        source[name] = tensor
+    problems = [f"shape mismatch: {_listed(mismatched)}"] if mismatched else []
+    if strict and missing:
+        problems.append(f"missing from checkpoint: {_listed(missing)}")
+    if strict and unexpected:
+        problems.append(f"not in model: {_listed(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
+    target.load_state_dict(source, strict=False)
+    return LoadResult(missing, unexpected, reshaped)
+
+
+def weights_hash(ckpt_dir: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of ``model.safetensors``."""
+    path = Path(ckpt_dir) / WEIGHTS
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e.strerror})") from e
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- train state
+
+def capture_rng() -> dict:
+    """RNG states of python ``random``, numpy's global generator, torch CPU and (when present) every CUDA device,
+    as types ``torch.load(weights_only=True)`` accepts (numpy's key array becomes an int64 tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Undo ``capture_rng``. CUDA states are restored for the devices both runs have."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse, before writing, anything ``torch.load(weights_only=True)`` would refuse on resume."""
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
+        return
+    if type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            _check_plain(key, f"{where} key {key!r}")
+            _check_plain(value, f"{where}[{key!r}]")
+    elif type(obj) in (list, tuple, torch.Size):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    else:
+        raise CheckpointError(f"{where}: {type(obj).__module__}.{type(obj).__qualname__} cannot go into "
+                              f"{TRAIN_STATE} (loaded with weights_only=True); use tensors, dicts, lists or numbers")
+
+
+def load_train_state(ckpt_dir: str | os.PathLike[str]) -> dict:
+    """The checkpoint's ``train_state.pt`` (``step``, ``rng`` and what the trainer stored), loaded weights-only."""
+    path = Path(ckpt_dir) / TRAIN_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training state in this checkpoint (saved without one?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
+        raise CheckpointError(f"{path}: cannot load training state ({type(e).__name__})") from e
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _config_text(config: str | Mapping) -> str:
+    if isinstance(config, str):
+        try:
+            config = yaml.safe_load(config)
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"config: not valid YAML ({e})") from e
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"config: expected a YAML mapping or a dict, got {type(config).__name__}")
+    return yaml.safe_dump(dict(config), sort_keys=False)
+
+
+def _tokenizer_name(tokenizer: Path) -> str:
+    if not tokenizer.is_file():
+        raise CheckpointError(f"{tokenizer}: tokenizer file not found")
+    if tokenizer.suffix not in TOKENIZER_NAMES:
+        raise CheckpointError(f"{tokenizer}: expected a SentencePiece .model or a word vocabulary .txt")
+    return TOKENIZER_NAMES[tokenizer.suffix]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_leftovers(run_dir: Path) -> None:
+    """Remove temp folders that crashed or killed writers left behind; live writers' folders are kept."""
+    for entry in run_dir.glob(TMP_PREFIX + "*"):
+        match = _TMP_PID_RE.fullmatch(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _write_folder(folder: Path, step: int, model: nn.Module, config: str | Mapping | None, tokenizer: Path | None,
+                  train_state: Mapping | None, metrics: Mapping | None) -> None:
+    folder.mkdir()
+    _write_weights(folder / WEIGHTS, model)
+    if config is not None:
+        (folder / CONFIG).write_text(_config_text(config), encoding="utf-8")
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, folder / _tokenizer_name(tokenizer))
+    if train_state is not None:
+        state = {"rng": capture_rng(), **train_state, "step": step}
+        _check_plain(state, "train_state")
+        torch.save(state, folder / TRAIN_STATE)
+    files = sorted([*(p.name for p in folder.iterdir()), META])
+    meta = {"format_version": FORMAT_VERSION, "vattcli_version": vattcli.__version__,
+            "torch_version": torch.__version__, "step": step, "metrics": dict(metrics or {}),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "weights_hash": weights_hash(folder), "files": files}
+    (folder / META).write_text(json.dumps(meta, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    for name in files:
+        _fsync(folder / name)
+    _fsync(folder)
+
+
+def save_checkpoint(run_dir: str | os.PathLike[str], step: int, model: nn.Module, *,
+                    config: str | Mapping | None = None, tokenizer: str | os.PathLike[str] | None = None,
+                    train_state: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None) -> Path:
+    """Write ``<run_dir>/ckpt-<step:08d>/`` atomically and return it; an existing folder of that step is replaced.
+
+    ``train_state`` (optimizer/scheduler state dicts, epoch, data position, ...) is stored with ``step`` and the
+    RNG states from ``capture_rng`` added; without it no ``train_state.pt`` is written.
+    """
+    if step < 0:
+        raise CheckpointError(f"checkpoint step: expected a non-negative integer, got {step}")
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(run)
+    final = run / f"ckpt-{step:08d}"
+    tmp = run / f"{TMP_PREFIX}{step:08d}-{os.getpid()}"
+    trash = tmp.with_name(tmp.name + ".old")
+    for stale in (tmp, trash):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        _write_folder(tmp, step, model, config, None if tokenizer is None else Path(tokenizer), train_state, metrics)
+        if final.exists():
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(run)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def read_meta(ckpt_dir: str | os.PathLike[str]) -> dict:
+    """The checkpoint's ``meta.json``."""
+    path = Path(ckpt_dir) / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not found (incomplete or not a checkpoint folder)") from e
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("weights_hash"), str):
+        raise CheckpointError(f"{path}: expected a JSON object with a weights_hash")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta['format_version']} is newer than this vatt reads "
+                              f"({FORMAT_VERSION}); upgrade vatt")
+    return meta
+
+
+def read_config(ckpt_dir: str | os.PathLike[str]) -> dict:
+    """The resolved config stored with the checkpoint."""
+    path = Path(ckpt_dir) / CONFIG
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read config ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a YAML mapping")
+    return config
+
+
+def tokenizer_path(ckpt_dir: str | os.PathLike[str]) -> Path | None:
+    """The tokenizer file stored with the checkpoint, if any."""
+    found = [Path(ckpt_dir) / n for n in TOKENIZER_NAMES.values() if (Path(ckpt_dir) / n).is_file()]
+    return found[0] if found else None
+
+
+def _incomplete_reason(ckpt: Path, verify: bool) -> str | None:
+    try:
+        meta = read_meta(ckpt)
+    except CheckpointError as e:
+        return str(e)
+    absent = [name for name in meta.get("files", [WEIGHTS]) if not (ckpt / name).is_file()]
+    if absent:
+        return f"{ckpt}: files listed in {META} are missing: {_listed(absent)}"
+    if verify and weights_hash(ckpt) != meta["weights_hash"]:
+        return f"{ckpt / WEIGHTS}: sha256 does not match weights_hash in {META} (corrupted or modified)"
+    return None
+
+
+def is_complete(ckpt_dir: str | os.PathLike[str], *, verify: bool = False) -> bool:
+    """True when ``meta.json`` exists and its files are there (and, with ``verify``, the weights hash matches)."""
+    return _incomplete_reason(Path(ckpt_dir), verify) is None
+
+
+def _steps(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` for every ``ckpt-<step>`` folder, newest first; temp folders never match."""
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _CKPT_RE.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def _latest(run_dir: Path, verify: bool) -> Path | None:
+    if not run_dir.is_dir():
+        return None
+    return next((p for _, p in _steps(run_dir) if _incomplete_reason(p, verify) is None), None)
+
+
+def _best_record(run_dir: Path) -> dict | None:
+    path = run_dir / BEST
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(record, dict) or not _CKPT_RE.fullmatch(str(record.get("checkpoint", ""))):
+        raise CheckpointError(f"{path}: expected {{\"checkpoint\": \"ckpt-<step>\", ...}}")
+    return record
+
+
+def _checked(ckpt: Path, verify: bool) -> Path:
+    reason = _incomplete_reason(ckpt, verify)
+    if reason is not None:
+        raise CheckpointError(reason)
+    return ckpt
+
+
+def find_checkpoint(spec: str | os.PathLike[str], run_dir: str | os.PathLike[str] | None = None, *,
+                    verify: bool = False) -> Path:
+    """Resolve ``spec`` to a complete checkpoint folder, or raise ``CheckpointError`` naming what was looked at.
+
+    ``spec`` is ``"latest"`` (highest step among complete ones in ``run_dir``), ``"best"`` (the one ``best.json`` in
+    ``run_dir`` names), ``<run>/ckpt-latest`` or ``<run>/ckpt-best`` (the same for ``<run>``), a checkpoint folder, or
+    a run folder (its latest).
+    """
+    text = os.fspath(spec)
+    if text in ("latest", "best"):
+        if run_dir is None:
+            raise CheckpointError(f"checkpoint {text!r}: needs a run folder to look in")
+        run, which = Path(run_dir), text
+    else:
+        path = Path(text)
+        if path.name in ("ckpt-latest", "ckpt-best") and not path.exists():
+            run, which = path.parent, path.name[len("ckpt-"):]
+        elif not path.is_dir():
+            raise CheckpointError(f"{path}: checkpoint folder not found")
+        elif _CKPT_RE.fullmatch(path.name) or (path / META).exists() or (path / WEIGHTS).exists():
+            return _checked(path, verify)
+        else:
+            run, which = path, "latest"
+    if which == "latest":
+        found = _latest(run, verify)
+        if found is None:
+            raise CheckpointError(f"{run}: no complete checkpoint (ckpt-<step>/ with {META}) found")
+        return found
+    record = _best_record(run)
+    if record is None:
+        raise CheckpointError(f"{run / BEST}: not found, so there is no best checkpoint (saved without a metric?)")
+    return _checked(run / record["checkpoint"], verify)
+
+
+# ---------------------------------------------------------------------------------------------- manager
+
+def _remove(ckpt: Path) -> None:
+    """Rename out of the ``ckpt-*`` namespace first, so a crash mid-delete never leaves a partial checkpoint."""
+    trash = ckpt.with_name(f"{TMP_PREFIX}{ckpt.name[len('ckpt-'):]}-{os.getpid()}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(ckpt, trash)
+    shutil.rmtree(trash)
+
+
+class CheckpointManager:
+    """Saves checkpoints into one run folder, keeping the last ``keep_last`` plus the best by a metric.
+
+    ``mode`` is ``"max"`` (higher metric is better) or ``"min"``. The best is recorded in ``best.json`` and never
+    deleted; ``keep_last=None`` keeps everything. Incomplete folders are left alone.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], keep_last: int | None = 3, mode: str = "max") -> None:
+        if keep_last is not None and keep_last < 1:
+            raise CheckpointError(f"keep_last: expected at least 1 or None (keep all), got {keep_last}")
+        if mode not in ("max", "min"):
+            raise CheckpointError(f"checkpoint metric mode: expected 'max' or 'min', got {mode!r}")
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self.mode = mode
+
+    def _is_better(self, metric: float) -> bool:
+        if not math.isfinite(metric):
+            return False
+        record = _best_record(self.run_dir) if self.run_dir.is_dir() else None
+        if record is None or record.get("metric") is None or not (self.run_dir / record["checkpoint"]).is_dir():
+            return True
+        return metric > record["metric"] if self.mode == "max" else metric < record["metric"]
+
+    def _mark_best(self, ckpt: Path, step: int, metric: float) -> None:
+        tmp = self.run_dir / f".{BEST}.{os.getpid()}"
+        record = {"checkpoint": ckpt.name, "step": step, "metric": metric, "mode": self.mode}
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        _fsync(tmp)
+        os.replace(tmp, self.run_dir / BEST)
+
+    def _prune(self) -> None:
+        if self.keep_last is None:
+            return
+        record = _best_record(self.run_dir)
+        best = record["checkpoint"] if record else None
+        complete = [p for _, p in _steps(self.run_dir) if (p / META).is_file()]
+        for ckpt in complete[self.keep_last:]:
+            if ckpt.name != best:
+                _remove(ckpt)
+
+    def save(self, step: int, model: nn.Module, *, config: str | Mapping | None = None,
+             tokenizer: str | os.PathLike[str] | None = None, train_state: Mapping[str, Any] | None = None,
+             metrics: Mapping[str, Any] | None = None, metric: float | None = None) -> Path:
+        """``save_checkpoint``, then update ``best.json`` when ``metric`` beats the best so far, then prune."""
+        ckpt = save_checkpoint(self.run_dir, step, model, config=config, tokenizer=tokenizer,
+                               train_state=train_state, metrics=metrics)
+        if metric is not None and self._is_better(float(metric)):
+            self._mark_best(ckpt, step, float(metric))
+        self._prune()
+        return ckpt
+
+    def latest(self, *, verify: bool = False) -> Path | None:
+        """Newest complete checkpoint, or None when the run has none yet (a fresh start)."""
+        return _latest(self.run_dir, verify)
+
+    def best(self) -> Path | None:
+        """The checkpoint ``best.json`` names, or None when no metric was given yet."""
+        record = _best_record(self.run_dir) if self.run_dir.is_dir() else None
+        return None if record is None else _checked(self.run_dir / record["checkpoint"], False)
