@@ -12,12 +12,16 @@ from rich.console import Console
 from rich.table import Table
 
 from vattcli import __version__
+from vattcli.commands import train as train_commands
+from vattcli.commands.preprocess import app as preprocess_app
 from vattcli.errors import VattError
 
 app = typer.Typer(name="vatt", rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
                   help="VATT: Transformers for multimodal self-supervised learning from raw video, audio and text.")
 recipes_app = typer.Typer(no_args_is_help=True, help="List, show and copy the shipped YAML recipes.")
 app.add_typer(recipes_app, name="recipes")
+app.add_typer(preprocess_app, name="preprocess")
+app.command("pretrain")(train_commands.pretrain)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 

@@ -60,8 +60,13 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
+class _Whole(dict):
+    """A mapping given whole on the command line (``data.train={a: DIR}``): it replaces, never merges."""
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
-    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}``; values are YAML scalars or flow lists."""
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}``; values are YAML scalars or flow collections.
+    A mapping value (``data.train={howto100m: DIR}``) replaces the recipe's mapping instead of merging into it."""
     tree: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -77,7 +82,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
-        node[parts[-1]] = value
+        node[parts[-1]] = _Whole(value) if isinstance(value, dict) else value
     return tree
 
 
@@ -85,7 +90,7 @@ def merge(base: dict, update: dict) -> dict:
     """Recursive dict merge; ``update`` wins. A mapping replaces a string (e.g. a named size) whole."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and not isinstance(value, _Whole) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = value

@@ -1,0 +1,1 @@
+"""CLI subcommand groups, registered by vattcli.cli."""
