@@ -15,7 +15,8 @@ from vattcli.config import ModelRecipe, list_recipes, load_config, to_dict
 from vattcli.core.flops import FlopCount, estimate_flops
 from vattcli.core.model import VATT, ModelConfig
 
-__all__ = ["build_model", "model_config", "list_models", "estimate_flops", "FlopCount", "VATT", "ModelConfig"]
+__all__ = ["build_model", "load_model", "load_tokenizer", "model_config", "list_models", "estimate_flops", "FlopCount",
+           "VATT", "ModelConfig"]
 
 
 def list_models() -> list[str]:
@@ -44,3 +45,32 @@ def build_model(name: str | Path | ModelConfig, *, device: str | torch.device | 
         cfg = cfg.replace(**overrides)
     with torch.device(device or "cpu"):
         return VATT(cfg)
+
+
+def load_model(ckpt: str | Path, *, device: str | torch.device = "cpu", verify: bool = False) -> VATT:
+    """A VATT from a pre-training checkpoint folder (``ckpt-*``, a run folder's latest, or ``RUN/ckpt-best``), in
+    eval mode. The model's config is the one stored with the checkpoint; a tensor that does not fit is an error."""
+    from vattcli.config import from_dict
+    from vattcli.train.checkpoint import find_checkpoint, load_weights, read_config
+    from vattcli.train.config import PretrainConfig
+
+    folder = find_checkpoint(str(ckpt), verify=verify)
+    stored = read_config(folder)
+    cfg = from_dict(PretrainConfig, {"model": stored.get("model", {})}, source=str(folder / "config.yaml")).model
+    with torch.device(device):
+        model = VATT(cfg)
+    load_weights(model, folder)
+    return model.eval()
+
+
+def load_tokenizer(ckpt: str | Path):
+    """The caption tokenizer stored with a checkpoint (``tokenizer.model`` or ``tokenizer.txt``)."""
+    from vattcli.data.text import TextTokenizer
+    from vattcli.errors import CheckpointError
+    from vattcli.train.checkpoint import find_checkpoint, tokenizer_path
+
+    folder = find_checkpoint(str(ckpt))
+    path = tokenizer_path(folder)
+    if path is None:
+        raise CheckpointError(f"{folder}: no tokenizer stored with this checkpoint")
+    return TextTokenizer.load(path)
