@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vattcli import __version__
+from vattcli.commands import evaluate as evaluate_commands
 from vattcli.commands import train as train_commands
 from vattcli.commands.preprocess import app as preprocess_app
 from vattcli.errors import VattError
@@ -22,6 +23,8 @@ recipes_app = typer.Typer(no_args_is_help=True, help="List, show and copy the sh
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(preprocess_app, name="preprocess")
 app.command("pretrain")(train_commands.pretrain)
+app.command("finetune")(train_commands.finetune)
+app.command("evaluate")(evaluate_commands.evaluate)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -58,9 +61,11 @@ def recipes_show(name: str = typer.Argument(..., help="A recipe name (e.g. model
                  overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     """Print a recipe fully resolved (defaults filled in, overrides applied, types checked)."""
     from vattcli.config import ModelRecipe, dump_yaml, load_config, recipe_path
+    from vattcli.train.config import FinetuneConfig, PretrainConfig
 
     path = recipe_path(name)
-    cls = ModelRecipe
+    kind = path.parent.name
+    cls = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}.get(kind, ModelRecipe)
     console.print(f"# {path}", style="dim")
     console.print(dump_yaml(load_config(cls, str(path), overrides or [])), end="", markup=False)
 

@@ -212,14 +212,19 @@ def write_config(obj: Any, path: Path) -> None:
 
 
 def resolve_model_refs(data: dict, source: str) -> dict:
-    """Replace ``model: NAME`` by the ``model`` mapping of ``recipes/models/NAME.yaml``."""
-    if isinstance(data.get("model"), str):
-        path = recipe_path(data["model"], "models")
-        model = load_yaml(path).get("model")
-        if not isinstance(model, dict):
-            raise ConfigError(f"{path}: expected a 'model:' mapping (referenced from {source})")
-        data = {**data, "model": model}
-    return data
+    """Replace ``model: NAME`` by the ``model`` mapping of ``recipes/models/NAME.yaml``; ``model: {from: NAME, ...}``
+    takes that mapping and changes the keys given beside ``from`` (one level, no chains)."""
+    model = data.get("model")
+    name, changes = (model, {}) if isinstance(model, str) else (None, None)
+    if isinstance(model, dict) and "from" in model:
+        name, changes = model["from"], {k: v for k, v in model.items() if k != "from"}
+    if name is None:
+        return data
+    path = recipe_path(str(name), "models")
+    base = load_yaml(path).get("model")
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: expected a 'model:' mapping (referenced from {source})")
+    return {**data, "model": merge(base, changes)}
 
 
 def load_config(cls: type[T], recipe: str | Path | None, overrides: list[str] | tuple[str, ...] = (),

@@ -36,3 +36,39 @@ def pretrain(
     if summary.get("checkpoint"):
         console.print(f"[green]done[/]: step {summary['step']} ({summary['stopped']}), checkpoint "
                       f"{summary['checkpoint']}")
+
+
+def finetune(
+    task: str = typer.Argument(..., help="kinetics400, kinetics600, kinetics700, mit, audioset, esc50, imagenet, "
+                               "ucf101, hmdb51, toy, or any recipe under recipes/finetune."),
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help="Pre-training checkpoint (a ckpt-* folder, or a run "
+                                       "folder for its latest). Without it the backbone starts from scratch."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe (default: finetune/TASK)."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    linear_probe: bool = typer.Option(False, "--linear-probe", help="Frozen backbone + low-rank classifier, "
+                                      "averaged over the official splits (ucf101, hmdb51, esc50)."),
+    resume: Optional[str] = RESUME,
+    print_config: bool = PRINT,
+) -> None:
+    """Fine-tune one backbone of a pre-trained VATT on a classification task, then evaluate it [P §4.2].
+
+    Video tasks run at 32 frames x 320 px with the positional tables resampled, no DropToken, and are evaluated on
+    4 windows x 3 crops; the result goes to RUN/eval.json beside the paper's number."""
+    from vattcli.config import dump_yaml, load_config
+    from vattcli.train.config import FinetuneConfig
+    from vattcli.train.finetune import run_finetune
+
+    items = list(overrides or [])
+    if ckpt:
+        items.append(f"ckpt={ckpt}")
+    if linear_probe:
+        items.append("head.linear_probe=true")
+    cfg = load_config(FinetuneConfig, recipe or f"finetune/{task}", items)
+    if print_config:
+        typer.echo(dump_yaml(cfg), nl=False)
+        return
+    summary = run_finetune(cfg, resume=resume, console=console)
+    result = summary.get("eval") or {}
+    if result:
+        shown = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+        console.print(f"[green]evaluation[/]: {shown}  (paper: {result.get('paper') or 'n/a'})")

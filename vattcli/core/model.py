@@ -86,6 +86,16 @@ def _encoder(spec: BackboneSpec, dropout: float) -> Encoder:
     return Encoder(spec.num_layers, spec.d_model, spec.d_ff, spec.num_heads, d_kv=spec.d_kv, dropout=dropout)
 
 
+def build_backbone(cfg: ModelConfig, modality: str) -> SignalBackbone:
+    """One video or audio Transformer alone, named like ``VATT.video``/``VATT.audio`` so a pre-training checkpoint's
+    tower loads into it (fine-tuning). For an MA config it keeps the pre-/post-projections, as the official code
+    needs to map an MA checkpoint onto a plain ViT/WaT [C configs/video.py, audio.py; restore.py]."""
+    if modality not in ("video", "audio"):
+        raise ValueError(f"modality must be 'video' or 'audio', got {modality!r}")
+    spec = cfg.video if (cfg.shared or modality == "video") else cfg.audio
+    return _signal_backbone(modality, cfg, _encoder(spec, cfg.dropout), spec.d_model)
+
+
 class VATT(nn.Module):
     """Video-Audio-Text Transformer [P §3]. ``video``, ``audio`` and ``text`` are the backbones; ``head`` projects
     their pooled features into the common spaces.

@@ -1,0 +1,170 @@
+"""``vatt finetune TASK``: one backbone of a pre-trained VATT plus a classifier [P §4.2, A.2.5, A.3].
+
+- video (Kinetics-400/600/700, Moments in Time): the vision Transformer at 32 frames x 320 px with its positional
+  tables spline-resampled (8x14x14 -> 8x20x20), no DropToken, dropout 0.5 + Dense, label smoothing 0.1, SGD lr 0.005,
+  global-norm clipping 0.75 on the backbone only, evaluation on 4 x 3 views;
+- audio (AudioSet; ESC-50): the audio Transformer on 6.4 s at 24 kHz (1200 tokens), mixup Beta(5, 5), the
+  inverse-label-occurrence sigmoid loss with head bias -log(C - 1);
+- image (ImageNet): the vision Transformer on images repeated to fill one temporal patch;
+- ``--linear-probe``: frozen backbone, AGG features, the low-rank classifier, accuracy over the official splits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from vattcli.config import dump_yaml
+from vattcli.core.model import build_backbone
+from vattcli.core.tokenizers import resample_table
+from vattcli.data.pipeline import AudioDecoder, ClassifyDecoder, EvalViewsDecoder, ImageDecoder
+from vattcli.data.reader import ResumableLoader, ShardDataset
+from vattcli.data.shards import read_manifest
+from vattcli.data.transforms import mixup
+from vattcli.errors import ConfigError
+from vattcli.eval.classify import Classifier, evaluate_views, inverse_occurrence_sigmoid_loss, softmax_loss
+from vattcli.train.checkpoint import find_checkpoint, load_weights
+from vattcli.train.config import FinetuneConfig
+from vattcli.train.data import shard_folder, shard_urls
+from vattcli.train.distributed import init_distributed, shutdown, wrap_model
+from vattcli.train.loop import Trainer
+from vattcli.train.pretrain import check_batch, clip_spec
+
+
+def resample_positions(name: str, saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
+    """Checkpoint-restore hook: spline-resample positional tables to the fine-tuning grid [C restore.py]."""
+    if "positions.tables." in name and saved.dim() == 2 and saved.shape[1] == own.shape[1]:
+        return resample_table(saved, own.shape[0])
+    return None
+
+
+def build_classifier(cfg: FinetuneConfig, num_classes: int, *, ckpt: str | None) -> Classifier:
+    """The task's backbone (the tower of a pre-training checkpoint when given) plus a fresh head."""
+    modality = "audio" if cfg.modality == "audio" else "video"
+    backbone = build_backbone(cfg.model, modality)
+    if ckpt:
+        folder = find_checkpoint(ckpt)
+        load_weights(backbone, folder, prefix=f"{modality}.", reshape=resample_positions)
+    bias = 0.0
+    if cfg.head.loss == "sigmoid":
+        bias = -torch.log(torch.tensor(float(num_classes - 1))).item()  # -log(C - 1) [C audio/factory.py]
+    return Classifier(backbone, num_classes, dropout=cfg.head.dropout, bias_init=bias)
+
+
+def task_classes(cfg: FinetuneConfig) -> list[str]:
+    if not cfg.data.train:
+        raise ConfigError(f"data.train is empty: give the {cfg.task} shards, e.g. data.train={{{cfg.task}: DIR}}")
+    root = next(iter(cfg.data.train.values()))
+    classes = read_manifest(shard_folder(root, "train")).get("settings", {}).get("classes")
+    if not classes:
+        raise ConfigError(f"{root}: its manifest lists no classes (was it written by a classification adapter?)")
+    return classes
+
+
+def decoders(cfg: FinetuneConfig, num_classes: int, *, train: bool):
+    data, spec = cfg.data, clip_spec(cfg.data)
+    seconds = data.frames / data.fps
+    if cfg.modality == "audio":
+        return AudioDecoder(seconds, data.audio_rate, train=train, num_classes=num_classes, seed=cfg.train.seed,
+                            windows=data.eval_windows)
+    if cfg.modality == "image":
+        return ImageDecoder(data.size, frames=cfg.model.video_patch[0], train=train, seed=cfg.train.seed,
+                            crop=data.crop)
+    if train:
+        return ClassifyDecoder(spec, num_classes=num_classes, seed=cfg.train.seed)
+    return EvalViewsDecoder(spec, crops=data.eval_crops, num_classes=num_classes)
+
+
+def finetune_step(cfg: FinetuneConfig, num_classes: int):
+    sigmoid = cfg.head.loss == "sigmoid"
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+
+    def step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["audio" if cfg.modality == "audio" else "video"]
+        y = batch["label"]
+        if cfg.head.mixup:
+            soft = y.float() if sigmoid else torch.nn.functional.one_hot(y, num_classes).float()
+            x, y, _ = mixup(x, soft.to(x.device), cfg.head.mixup_alpha, cfg.head.mixup_alpha, generator=gen)
+        logits = model(x)
+        if sigmoid:
+            return {"loss": inverse_occurrence_sigmoid_loss(logits, y)}
+        return {"loss": softmax_loss(logits, y, cfg.head.label_smoothing)}
+
+    return step
+
+
+def evaluate_classifier(model: Classifier, cfg: FinetuneConfig, num_classes: int, device: torch.device,
+                        console: Console | None = None) -> dict[str, Any]:
+    if not cfg.data.val:
+        return {}
+    folder = shard_folder(cfg.data.val, "val")
+    dataset = ShardDataset(shard_urls(folder), decode=decoders(cfg, num_classes, train=False), epochs=1, rank=0,
+                           world_size=1)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers)
+    total = read_manifest(folder)["counts"]["written"]
+    result = evaluate_views(model, loader, multilabel=cfg.head.loss == "sigmoid", device=device,
+                            modality="audio" if cfg.modality == "audio" else "video", total=total, console=console)
+    return {**result, "missing": total - result["count"], "paper": cfg.paper}
+
+
+def adopt_checkpoint_model(cfg: FinetuneConfig, console: Console) -> FinetuneConfig:
+    """With ``ckpt``, the network is the checkpoint's (its sizes, vocabulary, MA or not); the recipe keeps the
+    fine-tuning settings: DropToken rate, positional grid, audio buckets, dropout."""
+    if not cfg.ckpt:
+        return cfg
+    from vattcli.config import from_dict
+    from vattcli.core.model import ModelConfig
+    from vattcli.train.checkpoint import read_config
+
+    folder = find_checkpoint(cfg.ckpt)
+    stored = from_dict(ModelConfig, read_config(folder).get("model", {}), source=str(folder / "config.yaml"))
+    model = replace(stored, droptoken_rate=cfg.model.droptoken_rate, video_grid=cfg.model.video_grid,
+                    audio_buckets=cfg.model.audio_buckets, dropout=cfg.model.dropout)
+    if stored.name != cfg.model.name:
+        console.print(f"using the architecture of {folder} ({stored.name}) rather than the recipe's {cfg.model.name}")
+    return replace(cfg, model=model)
+
+
+def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, console: Console | None = None) -> dict:
+    """Fine-tune, then evaluate on ``data.val`` (4 x 3 views for video); writes ``eval.json`` in the run folder."""
+    if cfg.head.linear_probe:
+        from vattcli.train.probe_task import run_linear_probe
+
+        return run_linear_probe(cfg, console=console)
+    info = init_distributed(cfg.train.device)
+    console = console or Console(stderr=True)
+    cfg = adopt_checkpoint_model(cfg, console)
+    try:
+        torch.manual_seed(cfg.train.seed + info.rank)
+        if cfg.model.droptoken_rate > 0:
+            console.print(f"[yellow]note:[/] model.droptoken_rate={cfg.model.droptoken_rate}: the paper fine-tunes "
+                          "without DropToken (set model.droptoken_rate=0.0) [P A.2.1]")
+        classes = task_classes(cfg)
+        with torch.device(info.device):
+            model = build_classifier(cfg, len(classes), ckpt=cfg.ckpt)
+        local = check_batch(cfg.data, info, cfg.train.grad_accum)
+        train_root = next(iter(cfg.data.train.values()))
+        dataset = ShardDataset(shard_urls(train_root, "train"), shuffle_buffer=cfg.data.shuffle_buffer,
+                               seed=cfg.train.seed, decode=decoders(cfg, len(classes), train=True),
+                               rank=info.rank, world_size=info.world_size)
+        loader = ResumableLoader(dataset, batch_size=local, num_workers=cfg.data.num_workers,
+                                 pin_memory=info.device.type == "cuda")
+        clip = model.backbone.parameters() if cfg.optim.clip_scope == "backbone" else None
+        trainer = Trainer(model=wrap_model(model, info, fsdp=cfg.train.fsdp), step_fn=finetune_step(cfg, len(classes)),
+                          loader=loader, train=cfg.train, optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg),
+                          global_batch=cfg.data.batch_size, clip_params=clip, console=console)
+        if resume:
+            trainer.resume(resume)
+        summary = trainer.fit()
+        if info.is_main and summary["stopped"] == "finished":
+            summary["eval"] = evaluate_classifier(model, cfg, len(classes), info.device, console)
+            (Path(cfg.train.run_dir) / "eval.json").write_text(json.dumps(summary["eval"], indent=2))
+        return summary
+    finally:
+        shutdown()
