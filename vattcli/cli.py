@@ -13,6 +13,8 @@ from rich.table import Table
 
 from vattcli import __version__
 from vattcli.commands import evaluate as evaluate_commands
+from vattcli.commands import export as export_commands
+from vattcli.commands import retrieve as retrieve_commands
 from vattcli.commands import train as train_commands
 from vattcli.commands.preprocess import app as preprocess_app
 from vattcli.errors import VattError
@@ -25,6 +27,8 @@ app.add_typer(preprocess_app, name="preprocess")
 app.command("pretrain")(train_commands.pretrain)
 app.command("finetune")(train_commands.finetune)
 app.command("evaluate")(evaluate_commands.evaluate)
+app.command("retrieve")(retrieve_commands.retrieve)
+app.command("export")(export_commands.export)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
