@@ -6,6 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+VATT := $(VENV)/bin/vatt
+TOY := data/toy
+# indexes are kept inside the repository for the demo (default elsewhere: ~/.vatt)
+export VATT_HOME ?= $(CURDIR)/runs/vatt-home
+
 .PHONY: venv test test-slow demo bench clean
 
 venv: $(STAMP)
@@ -24,6 +29,25 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
+
+# The whole pipeline on the toy dataset, the same steps README.md shows for real data (a few minutes on 2 cores).
+demo: $(STAMP)
+	rm -rf $(TOY) runs/toy-pretrain runs/toy-export
+	$(VATT) preprocess toy --out $(TOY) --workers 2
+	$(VATT) pretrain --recipe pretrain/vatt-tiny
+	$(VATT) evaluate youcook2 --ckpt runs/toy-pretrain --data $(TOY)/shards/youcook2 --index toy
+	$(VATT) retrieve "a red circle moving left" --index toy --top-k 5
+	$(VATT) export runs/toy-pretrain --format safetensors --tower all --out runs/toy-export
+	@echo ""
+	@echo "demo done:"
+	@echo "  toy dataset (raw media, shards, tokenizer)  $(TOY)/"
+	@echo "  pre-training run (checkpoints, metrics)      runs/toy-pretrain/"
+	@echo "  zero-shot retrieval figures                  runs/toy-pretrain/eval-youcook2.json"
+	@echo "  retrieval index 'toy'                        $(VATT_HOME)/indexes/toy/"
+	@echo "  exported towers                              runs/toy-export/"
+
+bench: $(STAMP)
+	$(PY) bench/bench_backbone.py --layers 4 --rounds 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
