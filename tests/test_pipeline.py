@@ -30,6 +30,7 @@ def test_evaluate_retrieve_export_through_the_cli(toy_data, toy_ckpt, tmp_path, 
     t2v = printed["t2v"]
     assert 0 <= t2v["R@1"] <= t2v["R@5"] <= t2v["R@10"] <= 100.0 and 1 <= t2v["MedR"] <= 12
     assert json.loads(out.read_text())["weights_hash"] == printed["weights_hash"]
+    assert (tmp_path / "home/indexes/toy/embeddings.safetensors").is_file()
 
     hits = json.loads(run_cli(capsys, "retrieve", "a red circle moving left", "--index", "toy", "--top-k", "3",
                               "--json"))["results"]

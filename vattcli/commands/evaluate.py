@@ -42,9 +42,9 @@ def evaluate(
     if task in RETRIEVAL or (index and not zero_shot):
         run = run_retrieval(task, str(folder), data, out=out, device=device, num_workers=workers, console=console)
         if index:
-            from vattcli.eval.index import RetrievalIndex
+            from vattcli.eval.index import RetrievalIndex, resolve_index
 
-            built = RetrievalIndex.build(index, run["embeddings"], ckpt=folder,
+            built = RetrievalIndex.build(resolve_index(index), run["embeddings"], ckpt=folder,
                                          tokenizer_sha256=run["tokenizer"].sha256, model_name=run["model"].config.name,
                                          overwrite=True)
             console.print(f"index saved: {getattr(built, 'folder', index)}")
