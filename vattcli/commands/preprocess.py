@@ -102,5 +102,14 @@ def toy(
     summary = build_toy(out, seed=seed, workers=workers)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
-    else:
-        Console().print(summary)
+        return
+    from rich.table import Table
+
+    table = Table("set", "split", "written", "skipped", "shards", title=f"toy dataset in {out}")
+    for name, splits in summary["sets"].items():
+        for split, info in splits.items():
+            skipped = sum(info["skipped"].values()) if isinstance(info["skipped"], dict) else info["skipped"]
+            table.add_row(name, split, str(info["written"]), str(skipped), str(info["shards"]))
+    Console().print(table)
+    Console().print(f"tokenizer {summary['tokenizer']}, captions {summary['captions']}, "
+                    f"built in {summary['seconds']:.1f} s")
