@@ -4,7 +4,6 @@ The full-size learning check (R@1 at least 5x chance after the demo's pre-traini
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -14,7 +14,6 @@ files that exist; ``verify=True`` also checks the weights hash.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -23,163 +22,31 @@ import re
 import shutil
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 import vattcli
 from vattcli.errors import CheckpointError
+from vattcli.train.weights import (WEIGHTS, LoadResult, Reshape, _write_weights, listed, load_weights,
+                                   weights_hash)
+
+__all__ = ["CheckpointManager", "LoadResult", "Reshape", "capture_rng", "find_checkpoint", "is_complete",
+           "load_train_state", "load_weights", "read_config", "read_meta", "restore_rng", "save_checkpoint",
+           "tokenizer_path", "weights_hash"]
 
 FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 TRAIN_STATE = "train_state.pt"
 META = "meta.json"
 BEST = "best.json"
 TOKENIZER_NAMES = {".model": "tokenizer.model", ".txt": "tokenizer.txt"}
 TMP_PREFIX = ".tmp-ckpt-"
-_ALIASES_KEY = "vatt_aliases"
 _CKPT_RE = re.compile(r"ckpt-(\d{8,})")
 _TMP_PID_RE = re.compile(re.escape(TMP_PREFIX) + r"\d+-(\d+)(?:\.old)?")
-_MAX_LISTED = 8
-
-Reshape = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
-
-
-class LoadResult(NamedTuple):
-    """What ``load_weights`` did besides plain copies (all empty after a strict load without a hook)."""
-
-    missing: list[str]
-    unexpected: list[str]
-    reshaped: list[str]
-
-
-# ---------------------------------------------------------------------------------------------- weights
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module whose parameter names go into the file: DDP/DataParallel and ``torch.compile`` wrappers removed."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _unique_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State-dict tensors stored once each, and ``alias -> stored name`` for names that are the same tensor.
-
-    Persistent buffers (BatchNorm running statistics) are in the state dict and so are saved. Distinct views into one
-    storage (not the same tensor) are cloned, since safetensors refuses overlapping storage.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    by_view: dict[tuple, str] = {}
-    storages: set[int] = set()
-    for name, t in _unwrap(model).state_dict().items():
-        t = t.detach()
-        if t.numel() == 0:
-            tensors[name] = t.cpu().contiguous()
-            continue
-        ptr = t.untyped_storage().data_ptr()
-        view = (t.device, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if view in by_view:
-            aliases[name] = by_view[view]
-            continue
-        by_view[view] = name
-        tensors[name] = (t.clone() if ptr in storages else t).cpu().contiguous()
-        storages.add(ptr)
-    return tensors, aliases
-
-
-def _write_weights(path: Path, model: nn.Module) -> None:
-    tensors, aliases = _unique_tensors(model)
-    save_file(tensors, str(path), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Every name the saved model had, aliases pointing at their stored tensor."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    for alias, stored in aliases.items():
-        tensors[alias] = tensors[stored]
-    return tensors
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
-
-
-def load_weights(model: nn.Module, ckpt_dir: str | os.PathLike[str], *, strict: bool = True, prefix: str = "",
-                 reshape: Reshape | None = None) -> LoadResult:
-    """Copy a checkpoint's weights into ``model``, or refuse with one error naming every misfit.
-
-    ``prefix="video."`` loads only the tensors under that prefix, stripped, so a backbone alone can take one tower of a
-    pre-training checkpoint. ``strict=False`` tolerates missing and unexpected tensors but never a shape mismatch,
-    unless ``reshape(name, saved, own)`` returns a tensor of the model's shape (the fine-tuning path resamples
-    ``...positions.tables.N`` to a new grid this way); ``name`` is the model's name, the prefix already stripped.
-    """
-    path = Path(ckpt_dir) / WEIGHTS
-    saved = _read_weights(path)
-    if prefix:
-        saved = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
-        if not saved:
-            raise CheckpointError(f"{path}: no tensors under prefix {prefix!r}")
-    target = _unwrap(model)
-    own = target.state_dict()
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    mismatched, reshaped, source = [], [], {}
-    for name in (k for k in own if k in saved):
-        tensor = saved[name]
-        if tensor.shape != own[name].shape:
-            new = reshape(name, tensor, own[name]) if reshape is not None else None
-            if new is None or new.shape != own[name].shape:
-                got = "" if new is None else f", reshape hook gave {tuple(new.shape)}"
-                mismatched.append(f"{name} (checkpoint {tuple(tensor.shape)}, model {tuple(own[name].shape)}{got})")
-                continue
-            tensor = new
-            reshaped.append(name)
-        source[name] = tensor
-    problems = [f"shape mismatch: {_listed(mismatched)}"] if mismatched else []
-    if strict and missing:
-        problems.append(f"missing from checkpoint: {_listed(missing)}")
-    if strict and unexpected:
-        problems.append(f"not in model: {_listed(unexpected)}")
-    if problems:
-        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
-    target.load_state_dict(source, strict=False)
-    return LoadResult(missing, unexpected, reshaped)
-
-
-def weights_hash(ckpt_dir: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of ``model.safetensors``."""
-    path = Path(ckpt_dir) / WEIGHTS
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read weights ({e.strerror})") from e
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- train state
 
 def capture_rng() -> dict:
     """RNG states of python ``random``, numpy's global generator, torch CPU and (when present) every CUDA device,
@@ -388,7 +255,7 @@ def _incomplete_reason(ckpt: Path, verify: bool) -> str | None:
         return str(e)
     absent = [name for name in meta.get("files", [WEIGHTS]) if not (ckpt / name).is_file()]
     if absent:
-        return f"{ckpt}: files listed in {META} are missing: {_listed(absent)}"
+        return f"{ckpt}: files listed in {META} are missing: {listed(absent)}"
     if verify and weights_hash(ckpt) != meta["weights_hash"]:
         return f"{ckpt / WEIGHTS}: sha256 does not match weights_hash in {META} (corrupted or modified)"
     return None
