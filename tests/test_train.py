@@ -64,22 +64,28 @@ def test_pretrain_synthetic_loss_decreases_and_checkpoint_has_every_file(tmp_pat
     assert state["step"] == 30 and "optimizer" in state and "data" in state
 
 
-def _start(run: Path, steps: int, *extra: str, resume: bool = False) -> subprocess.Popen:
-    args = cli("pretrain", "-r", "pretrain/vatt-tiny", *SYNTH, f"train.run_dir={run}", f"train.steps={steps}",
-               "train.ckpt_every=1000", *extra)
+def _start(run: Path, steps: int, data: list[str], resume: bool = False) -> subprocess.Popen:
+    args = cli("pretrain", "-r", "pretrain/vatt-tiny", *data, f"train.run_dir={run}", f"train.steps={steps}",
+               "train.ckpt_every=1000", "train.log_every=1")
     if resume:
         args.append("--resume=latest")
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigterm_then_resume_latest_gives_bit_identical_weights(tmp_path):
-    steps = 12
-    straight = _start(tmp_path / "straight", steps)
+def test_sigterm_then_resume_latest_gives_bit_identical_weights(toy_data, tmp_path):
+    """Real toy shards read by a DataLoader worker with augmentation: data order, DropToken, dropout and the optimiser
+    all continue exactly where the stopped run left them."""
+    from conftest import toy_overrides
+
+    steps = 10
+    data = [*toy_overrides(toy_data, tmp_path / "unused")[:2], "data.batch_size=8", "data.num_workers=1",
+            "data.shuffle_buffer=16", "model.dropout=0.1"]
+    straight = _start(tmp_path / "straight", steps, data)
     out, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, out
 
     interrupted = tmp_path / "interrupted"
-    proc = _start(interrupted, steps)
+    proc = _start(interrupted, steps, data)
     deadline = time.time() + 120
     while len(read_metrics(interrupted)) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -89,7 +95,7 @@ def test_sigterm_then_resume_latest_gives_bit_identical_weights(tmp_path):
     stopped_at = json.loads((sorted(interrupted.glob("ckpt-*"))[-1] / "meta.json").read_text())["step"]
     assert 3 <= stopped_at < steps, f"stopped at {stopped_at}: the signal came too late to test resuming"
 
-    resumed = _start(interrupted, steps, resume=True)
+    resumed = _start(interrupted, steps, data, resume=True)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     a, b = final_weights(tmp_path / "straight"), final_weights(interrupted)
@@ -121,3 +127,24 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         for key in ("loss", "loss_va", "loss_vt"):
             assert a[key] == pytest.approx(b[key], abs=5e-4), (a, b)
     assert one[-1]["loss"] != one[0]["loss"]  # it trained: a curve, not one repeated value
+
+
+def test_non_finite_losses_skip_the_update_then_stop(tmp_path):
+    """A NaN loss skips the optimiser step (weights unchanged) and several in a row stop training with a clear error."""
+    from vattcli.train.config import TrainConfig
+    from vattcli.train.distributed import DistInfo
+    from vattcli.train.loop import Trainer, TrainingError
+
+    model = torch.nn.Linear(2, 1)
+    before = model.weight.detach().clone()
+
+    def step_fn(m, batch):
+        return {"loss": m(batch).sum() * float("nan")}
+
+    loader = [torch.ones(4, 2)] * 10
+    trainer = Trainer(model=model, step_fn=step_fn, loader=loader, train=TrainConfig(run_dir=str(tmp_path), steps=10,
+                      max_bad_steps=3), optim=OptimConfig(name="sgd", lr=0.1, warmup_steps=0), info=DistInfo(),
+                      config_yaml="{}")
+    with pytest.raises(TrainingError, match="3 steps in a row"):
+        trainer.fit()
+    assert torch.equal(model.weight, before)

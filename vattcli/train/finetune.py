@@ -34,7 +34,7 @@ from vattcli.train.config import FinetuneConfig
 from vattcli.train.data import shard_folder, shard_urls
 from vattcli.train.distributed import init_distributed, shutdown, wrap_model
 from vattcli.train.loop import Trainer
-from vattcli.train.pretrain import check_batch, clip_spec
+from vattcli.train.pretrain import check_batch, clip_spec, loader_generator
 
 
 def resample_positions(name: str, saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
@@ -154,7 +154,7 @@ def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, console: Con
                                seed=cfg.train.seed, decode=decoders(cfg, len(classes), train=True),
                                rank=info.rank, world_size=info.world_size)
         loader = ResumableLoader(dataset, batch_size=local, num_workers=cfg.data.num_workers,
-                                 pin_memory=info.device.type == "cuda")
+                                 pin_memory=info.device.type == "cuda", generator=loader_generator(cfg.train.seed))
         clip = model.backbone.parameters() if cfg.optim.clip_scope == "backbone" else None
         trainer = Trainer(model=wrap_model(model, info, fsdp=cfg.train.fsdp), step_fn=finetune_step(cfg, len(classes)),
                           loader=loader, train=cfg.train, optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg),

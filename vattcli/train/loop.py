@@ -129,6 +129,7 @@ class Trainer:
         peak = train.peak_tflops * 1e12 if train.peak_tflops else (
             H100_BF16_PEAK if info.device.type == "cuda" else None)
         self.peak = peak * info.world_size if peak else None
+        self.tensorboard = _tensorboard(self.run_dir) if info.is_main else None
 
     # ----------------------------------------------------------------------------------------- state
     def resume(self, spec: str) -> None:
@@ -198,6 +199,10 @@ class Trainer:
             record["mfu"] = self.flops_per_sample * record["samples_per_s"] / self.peak
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
+        if self.tensorboard is not None:
+            for k, v in record.items():
+                if k not in ("step", "time"):
+                    self.tensorboard.add_scalar(k, v, self.step)
         parts = " ".join(f"{k} {v:.4f}" for k, v in stats.means().items())
         mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
         progress.update(task, completed=self.step, status=f"{parts} lr {lr:.2e} {record['samples_per_s']:.1f}/s"
@@ -255,6 +260,15 @@ class Trainer:
                     self.save(last)
         ckpt = self.save(last)
         return {"step": self.step, "stopped": stopped, "losses": last, "checkpoint": str(ckpt) if ckpt else None}
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard writer under ``run_dir/tb`` when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
 
 
 def _gather_loader_states(state: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,13 @@ def build_loader(cfg: PretrainConfig, info: DistInfo, tokenizer: Any) -> Any:
     dataset = MixedShardDataset(sources, data.weights, shuffle_buffer=data.shuffle_buffer, seed=cfg.train.seed,
                                 decode=decoder, rank=info.rank, world_size=info.world_size)
     return ResumableLoader(dataset, batch_size=local, num_workers=data.num_workers,
-                           pin_memory=info.device.type == "cuda")
+                           pin_memory=info.device.type == "cuda", generator=loader_generator(cfg.train.seed))
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """The DataLoader's own generator: starting its workers then draws nothing from the global RNG, so a resumed
+    run's dropout and DropToken draws stay aligned with an uninterrupted run's."""
+    return torch.Generator().manual_seed(seed)
 
 
 def pretrain_step(loss_fn: PretrainLoss):
