@@ -13,7 +13,9 @@ as real MP4 files (H.264 + AAC at 16 kHz) with official-style annotation files u
 real adapters through ``run_preprocess`` into ``out/shards/<dataset>/<split>/``:
 
 - ``howto100m``: long videos at 10 fps of back-to-back segments, each a different attribute combination with its own
-  caption in ``caption.json``. Segments last 3.2-4.0 s, so each caption's 3.2 s window shows only its own segment;
+  caption in ``caption.json``. Segments last 1.6-2.0 s and the adapter's windows are at least 0.8 s (the demo's
+  clip length, ``CLIP_SECONDS``), so each caption's window shows only its own segment, and the shape crosses half
+  the frame within a segment: fast enough for 4-frame tubelets to see its direction;
 - ``kinetics``: 2 s clips at 25 fps in ``train.csv`` / ``validate.csv`` (Kinetics columns), labelled with the 12
   colour-shape classes ``LABELS`` ("blue_circle", ..., sorted as the adapter indexes them); the motion varies within
   a class (by default 3 training clips and 1 validation clip per class, 48 in all);
@@ -50,7 +52,8 @@ MOTIONS = ("left", "right", "up", "down")
 LABELS = tuple(sorted(f"{c}_{s}" for c in COLOURS for s in PULSE_RATE))  # 12 classes, in the adapter's order
 TEMPLATES = ("a {c} {s} moving {m}", "{c} {s} moves {m}", "a {c} {s} going {p}", "the {c} {s} slides {p}")
 PHRASES = {"left": "to the left", "right": "to the right", "up": "upward", "down": "downward"}
-SEGMENT_SECONDS = (3.2, 3.6, 4.0)
+SEGMENT_SECONDS = (1.6, 1.8, 2.0)
+CLIP_SECONDS = 0.8  # what the demo model reads (8 frames at 10 fps): the howto caption windows' minimum length
 KINETICS_SECONDS = 2
 GLIDE = 0.04  # relative pitch change over a clip for up/down
 
@@ -246,7 +249,7 @@ def toy_settings():
     return Settings(fps=10.0, short_side=64, audio_rate=AUDIO_RATE)
 
 
-def build_toy(out: Path, *, seed: int = 0, workers: int = 1, howto_videos: int = 24, howto_segments: int = 4,
+def build_toy(out: Path, *, seed: int = 0, workers: int = 1, howto_videos: int = 24, howto_segments: int = 8,
               kinetics_train_per_class: int = 3, kinetics_val_per_class: int = 1, youcook2_videos: int = 12,
               youcook2_segments: int = 4, vocab_size: int | None = None) -> dict[str, Any]:
     """Write the toy raw data under ``out/raw``, preprocess it with the real adapters into ``out/shards``, write
@@ -278,7 +281,8 @@ def build_toy(out: Path, *, seed: int = 0, workers: int = 1, howto_videos: int =
             ("youcook2", "youcook2", "val", youcook2_count)]
     sets: dict[str, dict[str, Any]] = {}
     for name, folder, split, expected in jobs:
-        summary = run_preprocess(get_adapter(name), raw / folder, out / "shards" / folder, split,
+        options = {"clip_seconds": CLIP_SECONDS} if name == "howto100m" else {}
+        summary = run_preprocess(get_adapter(name, **options), raw / folder, out / "shards" / folder, split,
                                  settings=toy_settings(), workers=workers, overwrite=True)
         sets.setdefault(name, {})[split] = {"shards": summary["out"], "annotated": expected,
                                             "written": summary["written"], "skipped": summary["skipped"]}
