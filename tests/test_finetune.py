@@ -91,3 +91,31 @@ def test_inverse_label_occurrence_weights_match_a_loop():
         bce = sum(torch.nn.functional.binary_cross_entropy_with_logits(logits[i, c], y[i, c]) for c in range(3))
         total += weight * float(bce)
     assert inverse_occurrence_sigmoid_loss(logits, y).item() == pytest.approx(total / 4, rel=1e-6)
+
+
+def test_image_finetune_repeats_each_image_into_one_temporal_patch(toy_ckpt, tmp_path):
+    """ImageNet layout -> shards -> the video tower on images repeated 4x in time (grid 1x4x4 from the checkpoint's
+    2x4x4 tables) [P §4.2.3]."""
+    import numpy as np
+
+    from vattcli.data.adapters import get_adapter
+    from vattcli.data.media_write import write_image
+    from vattcli.data.preprocess import Settings, run_preprocess
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 1)):
+        for wnid, colour in (("n01440764", (200, 30, 30)), ("n01443537", (30, 30, 200))):
+            for i in range(count):
+                image = np.clip(rng.normal(colour, 20, size=(72, 80, 3)), 0, 255).astype(np.uint8)
+                (tmp_path / "imagenet" / split / wnid).mkdir(parents=True, exist_ok=True)
+                write_image(tmp_path / "imagenet" / split / wnid / f"img{i}.JPEG", image)
+    for split in ("train", "val"):
+        summary = run_preprocess(get_adapter("imagenet"), tmp_path / "imagenet", tmp_path / "shards", split,
+                                 settings=Settings(fps=25.0))
+        assert summary["written"] == (6 if split == "train" else 2)
+    cfg = load_config(FinetuneConfig, "finetune/toy", [
+        f"data.train={{imagenet: {tmp_path / 'shards'}}}", f"data.val={tmp_path / 'shards'}", "modality=image",
+        f"ckpt={toy_ckpt}", "model.video_grid=[1, 4, 4]", f"train.run_dir={tmp_path / 'run'}", "train.steps=2",
+        "data.batch_size=2", "data.num_workers=0", "data.shuffle_buffer=4"])
+    summary = run_finetune(cfg)
+    assert summary["stopped"] == "finished" and summary["eval"]["count"] == 2
