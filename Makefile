@@ -28,7 +28,8 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m slow tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no slow tests were collected" >&2; exit 1; fi; exit $$rc
 
 # The whole pipeline on the toy dataset, the same steps README.md shows for real data (a few minutes on 2 cores).
 demo: $(STAMP)
