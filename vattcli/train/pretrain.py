@@ -33,15 +33,16 @@ def clip_spec(data: DataConfig) -> ClipSpec:
 
 
 def tokenizer_file(data: DataConfig) -> Path | None:
-    """``data.tokenizer``, else a ``tokenizer.model`` next to (or one level above) the first training set."""
+    """``data.tokenizer``, else a ``tokenizer.model`` next to (or one level above) the first training set; None for
+    synthetic data, which needs none."""
+    if any(str(root).startswith("synthetic") for root in data.train.values()):
+        return None
     if data.tokenizer:
         path = Path(data.tokenizer)
         if not path.is_file():
             raise ConfigError(f"data.tokenizer={data.tokenizer}: no such file")
         return path
     for root in data.train.values():
-        if str(root).startswith("synthetic"):
-            return None
         folder = shard_folder(root)
         for candidate in (folder / "tokenizer.model", folder.parent / "tokenizer.model",
                           folder.parent.parent / "tokenizer.model"):
