@@ -73,3 +73,18 @@ def test_demo_pretraining_lifts_retrieval_r1_to_5x_chance(tmp_path):
     result = run_retrieval("youcook2", str(tmp_path / "run"), str(toy / "shards/youcook2"), out=None)["result"]
     assert result["pool"] == 48
     assert result["t2v"]["R@1"] >= 5 * result["chance_R@1"], result["t2v"]
+
+
+def test_tokenizer_command_trains_from_caption_files_and_caption_json(tmp_path, capsys):
+    from vattcli.data.text import TextTokenizer
+
+    lines = tmp_path / "captions.txt"
+    lines.write_bytes(b"cut the onions\nfry the onions\n\xff\xfe broken\nadd salt\n\n")  # one bad, one empty
+    caption_json = tmp_path / "caption.json"
+    caption_json.write_text(json.dumps({"v1": {"start": [0], "end": [2], "text": ["stir the soup"]}}))
+    out = run_cli(capsys, "preprocess", "tokenizer", "--captions", str(lines), "--captions", str(caption_json),
+                  "--out", str(tmp_path / "tok"), "--vocab-size", "24")
+    assert "1 undecodable" in out and "1 empty" in out
+    tok = TextTokenizer.load(tmp_path / "tok.model")
+    ids = tok.encode(["Stir the onions"], max_len=16)
+    assert ids.shape == (1, 16) and (ids[0, :3] != 0).all() and tok.decode(ids[0]).strip() == "stir the onions"
