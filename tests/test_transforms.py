@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vattcli.data import color as C
 from vattcli.data import transforms as T
 
 
@@ -158,9 +159,9 @@ def test_color_jitter_ranges_and_probability():
 
 def test_neutral_hue_and_saturation_are_identity():
     video = torch.rand(3, 2, 6, 6, generator=gen(5))
-    torch.testing.assert_close(T.adjust_hue(video, 0.0), video, atol=1e-6, rtol=0)
-    torch.testing.assert_close(T.adjust_saturation(video, 1.0), video, atol=1e-6, rtol=0)
-    torch.testing.assert_close(T.adjust_contrast(video, 1.0), video, atol=1e-6, rtol=0)
+    torch.testing.assert_close(C.adjust_hue(video, 0.0), video, atol=1e-6, rtol=0)
+    torch.testing.assert_close(C.adjust_saturation(video, 1.0), video, atol=1e-6, rtol=0)
+    torch.testing.assert_close(C.adjust_contrast(video, 1.0), video, atol=1e-6, rtol=0)
 
 
 def pixels(n=400, seed=0, high=1.0) -> torch.Tensor:
@@ -177,15 +178,15 @@ def circular(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_hsv_matches_colorsys():
     rgb = pixels()
-    hsv = T.rgb_to_hsv(rgb).numpy()
+    hsv = C.rgb_to_hsv(rgb).numpy()
     ref = np.array([colorsys.rgb_to_hsv(*p) for p in rgb.T.tolist()]).T
     assert circular(hsv[0], ref[0]).max() < 1e-12
     np.testing.assert_allclose(hsv[1:], ref[1:], atol=1e-12)
     hsv_in = torch.from_numpy(np.random.default_rng(1).uniform(0.0, 1.0, (3, 400)))
-    back = T.hsv_to_rgb(hsv_in).numpy()
+    back = C.hsv_to_rgb(hsv_in).numpy()
     ref_rgb = np.array([colorsys.hsv_to_rgb(*p) for p in hsv_in.T.tolist()]).T
     np.testing.assert_allclose(back, ref_rgb, atol=1e-12)
-    np.testing.assert_allclose(T.hsv_to_rgb(T.rgb_to_hsv(rgb)).numpy(), rgb.numpy(), atol=1e-12)
+    np.testing.assert_allclose(C.hsv_to_rgb(C.rgb_to_hsv(rgb)).numpy(), rgb.numpy(), atol=1e-12)
 
 
 @pytest.mark.parametrize("factor", [0.0, 0.6, 1.4, 3.0])
@@ -197,10 +198,10 @@ def test_saturation_matches_colorsys(factor):
         return colorsys.hsv_to_rgb(h, min(max(s * factor, 0.0), 1.0), v)
 
     ref = np.array([ref_pixel(p) for p in rgb.T.tolist()]).T
-    np.testing.assert_allclose(T.adjust_saturation(rgb, factor).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(C.adjust_saturation(rgb, factor).numpy(), ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("delta", [-0.2, 0.07, 1 / 3])
+@pytest.mark.parametrize("delta", [-0.2, 0.07, 1 / 3, 1 / 6, -1 / 6, 0.45, -0.49, 0.9])
 def test_hue_matches_colorsys(delta):
     rgb = pixels(seed=3)
 
@@ -209,18 +210,184 @@ def test_hue_matches_colorsys(delta):
         return colorsys.hsv_to_rgb((h + delta) % 1.0, s, v)
 
     ref = np.array([ref_pixel(p) for p in rgb.T.tolist()]).T
-    np.testing.assert_allclose(T.adjust_hue(rgb, delta).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(C.adjust_hue(rgb, delta).numpy(), ref, atol=1e-12)
 
 
 def test_hand_computed_colour_cases():
     red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1, 1)
-    torch.testing.assert_close(T.adjust_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1, 1))
+    torch.testing.assert_close(C.adjust_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1, 1))
     pink = torch.tensor([0.8, 0.4, 0.4]).view(3, 1, 1, 1)  # h 0, s 0.5, v 0.8
-    torch.testing.assert_close(T.adjust_saturation(pink, 2.0), torch.tensor([0.8, 0.0, 0.0]).view(3, 1, 1, 1))
-    torch.testing.assert_close(T.adjust_saturation(pink, 0.0), torch.full((3, 1, 1, 1), 0.8))
+    torch.testing.assert_close(C.adjust_saturation(pink, 2.0), torch.tensor([0.8, 0.0, 0.0]).view(3, 1, 1, 1))
+    torch.testing.assert_close(C.adjust_saturation(pink, 0.0), torch.full((3, 1, 1, 1), 0.8))
     two = torch.tensor([0.2, 0.6]).view(1, 1, 1, 2).repeat(3, 1, 1, 1)  # mean 0.4
     expected = torch.tensor([0.1, 0.7]).view(1, 1, 1, 2).repeat(3, 1, 1, 1)
-    torch.testing.assert_close(T.adjust_contrast(two, 1.5), expected)
+    torch.testing.assert_close(C.adjust_contrast(two, 1.5), expected)
+
+
+def shifted_hue(p, delta):
+    """Hue turned by delta for a pixel of any sign: colorsys on the pixel shifted into (0, inf)."""
+    h, s, v = colorsys.rgb_to_hsv(*(c + 10.0 for c in p))
+    return [c - 10.0 for c in colorsys.hsv_to_rgb((h + delta) % 1.0, s, v)]
+
+
+def tf_saturation(p, factor):
+    """tf.image.adjust_saturation on one pixel: s = chroma / v (0 where v <= 0), scaled and clipped."""
+    v = max(p)
+    s = (v - min(p)) / v if v > 0 else 0.0
+    h = colorsys.rgb_to_hsv(*(c + 10.0 for c in p))[0]
+    return colorsys.hsv_to_rgb(h, min(max(s * factor, 0.0), 1.0), v)
+
+
+def per_pixel(fn, clip: np.ndarray, *args) -> np.ndarray:
+    """Apply fn to every pixel of a (3, ...) array."""
+    flat = clip.reshape(3, -1)
+    return np.array([fn(p, *args) for p in flat.T.tolist()]).T.reshape(clip.shape)
+
+
+def reference_color(clip: np.ndarray, params) -> np.ndarray:
+    """DMVR colour jitter on a float64 (3, T, H, W) clip, one op after another."""
+    x = per_pixel(tf_saturation, clip + params.brightness, params.saturation)
+    mean = x.mean(axis=(-2, -1), keepdims=True)
+    x = (x - mean) * params.contrast + mean
+    return np.clip(per_pixel(shifted_hue, x, params.hue), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("delta", [0.13, -0.3, 0.5, 1 / 6])
+def test_hue_outside_unit_range_matches_colorsys(delta):
+    rgb = pixels(seed=8).numpy() * 2.0 - 0.5  # contrast and brightness leave [0, 1]
+    out = C.adjust_hue(torch.from_numpy(rgb), delta).numpy()
+    np.testing.assert_allclose(out, per_pixel(shifted_hue, rgb, delta), atol=1e-12)
+
+
+def test_saturation_below_zero_value_turns_grey():
+    rgb = torch.tensor([[-0.2, 0.3], [-0.5, 0.1], [-0.1, -0.4]], dtype=torch.float64)  # first pixel: v < 0
+    expected = per_pixel(tf_saturation, rgb.numpy(), 1.3)
+    np.testing.assert_allclose(C.adjust_saturation(rgb, 1.3).numpy(), expected, atol=1e-12)
+    assert torch.equal(C.adjust_saturation(rgb, -2.0), C.adjust_saturation(rgb, 0.0))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_color_jitter_matches_op_by_op_reference(seed):
+    """Wide ranges reach clipping in every step; the fused float32 path against float64 colorsys."""
+    clip = np.random.default_rng(seed).uniform(0.0, 1.0, (3, 2, 5, 6))
+    clip[:, :, 0, :2] = 0.5  # greys
+    video = torch.from_numpy(clip).float()
+    out, params = T.color_jitter(
+        video, p=1.0, brightness=0.3, saturation=0.9, contrast=0.8, hue=0.5, generator=gen(seed), return_params=True
+    )
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), reference_color(video.double().numpy(), params), atol=1e-5)
+
+
+def reference_resize(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if tuple(video.shape[-2:]) == (height, width):
+        return video
+    frames = F.interpolate(video.transpose(0, 1), size=(height, width), mode="bilinear", antialias=True)
+    return frames.transpose(0, 1)
+
+
+def uniform(g: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=g).item()
+
+
+def reference_vgg_crop(video, size, min_resize, g):
+    """The VGG crop's draws and resizes spelled out: jitter (p = 0.8), short side, random window."""
+    h, w = video.shape[-2:]
+    h_scale, w_scale = uniform(g, 0.8, 1.2), uniform(g, 0.8, 1.2)
+    if uniform(g, 0.0, 1.0) < 0.8:
+        h, w = int(h_scale * h), int(w_scale * w)
+        video = reference_resize(video, h, w)
+    fh, fw = max(min_resize, h * min_resize // w), max(min_resize, w * min_resize // h)
+    video = reference_resize(video, fh, fw)
+    top = int(torch.randint(0, fh - size + 1, (), generator=g))
+    left = int(torch.randint(0, fw - size + 1, (), generator=g))
+    return video[..., top : top + size, left : left + size]
+
+
+def reference_train(frames: np.ndarray, size: int, style: str, seed: int) -> tuple[np.ndarray, bool, bool]:
+    """train_video_transform's steps in float64, one after another, from the same generator seed."""
+    g = gen(seed)
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).double() / 255.0
+    if style == "inception":  # the box sampler draws the same numbers for any content
+        _, box = T.random_resized_crop(torch.zeros(3, 1, *frames.shape[1:3]), size, generator=g, return_box=True)
+        video = video[..., box.top : box.top + box.height, box.left : box.left + box.width]
+        video = reference_resize(video, size, size)
+    else:
+        video = reference_vgg_crop(video, size, size, g)
+    flipped = uniform(g, 0.0, 1.0) < 0.5
+    clip = video.flip(-1).numpy() if flipped else video.numpy()
+    applied = uniform(g, 0.0, 1.0) < 0.8
+    b, s, c, h = uniform(g, -32 / 255, 32 / 255), uniform(g, 0.6, 1.4), uniform(g, 0.6, 1.4), uniform(g, -0.2, 0.2)
+    if applied:
+        clip = reference_color(clip, C.ColorParams(True, b, s, c, h))
+    return clip * 2.0 - 1.0, flipped, applied
+
+
+@pytest.mark.parametrize("style, frame_size", [("inception", (36, 52)), ("vgg", (30, 44)), ("vgg", (44, 30))])
+def test_train_transform_matches_op_by_op_reference(style, frame_size):
+    frames = random_frames(t=2, h=frame_size[0], w=frame_size[1], seed=7)
+    flips, jitters = set(), set()
+    for seed in range(12):
+        out = T.train_video_transform(frames, size=20, crop_style=style, generator=gen(seed))
+        expected, flipped, applied = reference_train(frames, 20, style, seed)
+        flips.add(flipped)
+        jitters.add(applied)
+        assert out.shape == (3, 2, 20, 20) and out.dtype == torch.float32
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+    assert flips == {True, False} and jitters == {True, False}  # every branch was compared
+
+
+def test_train_transform_without_colour_matches_reference():
+    frames = random_frames(t=3, h=40, w=64, seed=9)
+    for seed in range(3):
+        g = gen(seed)
+        _, box = T.random_resized_crop(torch.zeros(3, 1, 40, 64), 24, generator=g, return_box=True)
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2).double() / 255.0
+        expected = reference_resize(video[..., box.top : box.top + box.height, box.left : box.left + box.width], 24, 24)
+        out = T.train_video_transform(frames, size=24, flip=False, color=False, generator=gen(seed))
+        np.testing.assert_allclose(out.numpy(), expected.numpy() * 2.0 - 1.0, atol=1e-5)
+
+
+def test_train_transform_accepts_strided_and_read_only_frames():
+    frames = random_frames(t=2, h=30, w=40, seed=2)
+    mirrored = frames[:, :, ::-1]
+    read_only = np.ascontiguousarray(mirrored)
+    read_only.setflags(write=False)
+    a = T.train_video_transform(mirrored, size=16, generator=gen(3))
+    b = T.train_video_transform(read_only, size=16, generator=gen(3))
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "h, w, size, resize_to", [(50, 70, 24, 32), (20, 30, 16, 40), (64, 64, 64, None), (97, 33, 20, 25)]
+)
+def test_center_crop_matches_interpolate(h, w, size, resize_to):
+    frames = random_frames(t=2, h=h, w=w, seed=6)
+    short = resize_to or size
+    fh, fw = max(short, h * short // w), max(short, w * short // h)
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).double() / 255.0
+    top, left = (fh - size) // 2, (fw - size) // 2
+    expected = reference_resize(video, fh, fw)[..., top : top + size, left : left + size].numpy()
+    for source in (frames, T.normalize_uint8(frames)):
+        out = T.center_crop(source, size, resize_to)
+        assert out.shape == (3, 2, size, size) and out.dtype == torch.float32
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+
+
+def test_frames_are_checked_before_use():
+    bad = random_frames(t=1, h=8, w=8).astype(np.float32)
+    for call in (T.train_video_transform, T.center_crop, T.three_crops):
+        with pytest.raises(ValueError, match="uint8 frames"):
+            call(bad, 4)
+
+
+def test_three_crops_from_frames_match_interpolate():
+    frames = random_frames(t=2, h=30, w=70, seed=5)
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).double() / 255.0
+    resized = reference_resize(video, 24, 56)  # 70 * 24 // 30 = 56
+    expected = torch.stack([resized[..., :, start : start + 24] for start in (0, 16, 32)]).numpy()
+    for source in (frames, T.normalize_uint8(frames)):
+        np.testing.assert_allclose(T.three_crops(source, 24).numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("width, starts", [(80, [0, 24, 48]), (81, [0, 24, 49]), (83, [0, 26, 51])])

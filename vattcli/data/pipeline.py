@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from vattcli.data.media import decode_clip, decode_image, read_audio
-from vattcli.data.transforms import (add_gaussian_noise, center_crop, image_to_clip, normalize_uint8, three_crops,
+from vattcli.data.transforms import (add_gaussian_noise, center_crop, image_to_clip, three_crops,
                                      to_model_range, train_video_transform, uniform_window_starts)
 from vattcli.errors import MediaError
 
@@ -90,7 +90,7 @@ class PretrainDecoder:
         if self.train:
             return train_video_transform(frames, s.size, crop_style=s.crop, flip=s.flip, color=s.color_jitter,
                                          generator=gen)
-        return to_model_range(center_crop(normalize_uint8(frames), s.size)).contiguous()
+        return to_model_range(center_crop(frames, s.size)).contiguous()
 
     def text_tensor(self, meta: dict[str, Any]) -> tuple[torch.Tensor, bool]:
         s = self.spec
@@ -131,8 +131,8 @@ class EvalViewsDecoder(PretrainDecoder):
         views, audios = [], []
         for start in uniform_window_starts(duration, self.spec.seconds, self.spec.eval_windows):
             clip = self.clip(sample, torch.Generator(), start)
-            video = normalize_uint8(clip.frames)
-            crops = three_crops(video, self.spec.size) if self.crops == 3 else center_crop(video, self.spec.size)[None]
+            crops = (three_crops(clip.frames, self.spec.size) if self.crops == 3
+                     else center_crop(clip.frames, self.spec.size)[None])
             views.append(to_model_range(crops))
             audios.append(torch.from_numpy(clip.audio))
         text, has_text = self.text_tensor(meta)
@@ -198,5 +198,5 @@ class ImageDecoder:
             video = train_video_transform(frames, self.size, crop_style=self.crop, color=False,
                                           generator=sample_generator(self.seed, sample))
         else:
-            video = to_model_range(center_crop(normalize_uint8(frames), self.size, round(self.size / 0.875)))
+            video = to_model_range(center_crop(frames, self.size, round(self.size / 0.875)))
         return {"video": video.contiguous(), "label": _label_target(sample["json"], None)}

@@ -1,10 +1,16 @@
 """Clip augmentation, evaluation views and audio augmentation.
 
 Frames arrive as decoded numpy uint8 (T, H, W, 3) and leave as the model's layout: torch float32
-(3, T, H, W) in [-1, 1] [P A.2.1; C configs/dataset.py ``zero_centering_image``]. In between,
-every op takes and returns a float (3, T, H, W) clip in [0, 1]. One set of random parameters is
-drawn per clip, so all frames share the crop, flip and colour change. Randomness comes from a
+(3, T, H, W) in [-1, 1] [P A.2.1; C configs/dataset.py ``zero_centering_image``]. The public ops
+take and return a float (3, T, H, W) clip in [0, 1]. One set of random parameters is drawn per
+clip, so all frames share the crop, flip and colour change. Randomness comes from a
 ``torch.Generator`` (``None`` = torch's global generator). Resizing is bilinear with antialiasing.
+
+Speed (one core): a crop, its resize and a flip are one pair of matrices, rows (out_h, H) and
+columns (out_w, W), equal to torch's antialiased bilinear ``F.interpolate``. Only the region they
+read is converted to float, a frame at a time, and multiplied along the matrices' bands; colour
+jitter then runs on that frame while it is in cache, in closed forms with few passes. Results
+match the op-by-op definitions up to float rounding.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from vattcli.data.color import ColorParams, jitter_frame
+from vattcli.data.resample import (Resampler, check_frames, crop_resize_matrix, frame_size, render, resize_matrix,
+                                    short_side)
 
 @dataclass(frozen=True)
 class CropBox:
@@ -29,22 +37,9 @@ class CropBox:
     frame_width: int
 
 
-@dataclass(frozen=True)
-class ColorParams:
-    """One clip's colour jitter: brightness delta, saturation/contrast factors, hue delta."""
-
-    applied: bool
-    brightness: float
-    saturation: float
-    contrast: float
-    hue: float
-
-
 def normalize_uint8(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [0, 1]."""
-    if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3):
-        got = f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}"
-        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {got}")
+    check_frames(frames)
     clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
     return clip.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
@@ -70,21 +65,7 @@ def _randint(generator: torch.Generator | None, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (), generator=generator).item())
 
 
-def _resize(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    if tuple(video.shape[-2:]) == (height, width):
-        return video
-    frames = F.interpolate(video.transpose(0, 1), size=(height, width), mode="bilinear", antialias=True)
-    return frames.transpose(0, 1)
-
-
-def _cut(video: torch.Tensor, box: CropBox) -> torch.Tensor:
-    return video[..., box.top : box.top + box.height, box.left : box.left + box.width]
-
-
-def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize so min(H, W) == size, with DMVR ``resize_smallest``'s integer rounding."""
-    h, w = video.shape[-2:]
-    return _resize(video, max(size, h * size // w), max(size, w * size // h))
+# --------------------------------------------------------------------------------------------------- crops
 
 
 def random_resized_crop(
@@ -108,8 +89,13 @@ def random_resized_crop(
     """
     h, w = video.shape[-2:]
     box = _sample_inception_box(h, w, area, aspect, attempts, min_object_covered, generator)
-    out = _resize(_cut(video, box), size, size)
+    out = render(video, *_box_matrices(box, size))
     return (out, box) if return_box else out
+
+
+def _box_matrices(box: CropBox, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = crop_resize_matrix(box.top, box.height, box.frame_height, size)
+    return rows, crop_resize_matrix(box.left, box.width, box.frame_width, size)
 
 
 def _sample_inception_box(h, w, area, aspect, attempts, min_object_covered, generator) -> CropBox:
@@ -159,18 +145,31 @@ def scale_jitter_crop(
     (this runs before the short-side resize, as the code inserts it), then the short side is
     resized to ``min_resize`` (default ``size``) and a random size x size window is cut.
     """
+    h, w = video.shape[-2:]
+    rows, cols, box = _jitter_matrices(h, w, size, min_resize, jitter, p, generator)
+    out = render(video, rows, cols)
+    return (out, box) if return_box else out
+
+
+def _jitter_matrices(h, w, size, min_resize, jitter, p, generator) -> tuple[np.ndarray, np.ndarray, CropBox]:
+    """``scale_jitter_crop`` as row and column matrices: jitter resize, short-side resize, crop."""
     min_resize = size if min_resize is None else min_resize
     if min_resize < size:
         raise ValueError(f"min_resize ({min_resize}) must be at least the crop size ({size})")
-    h, w = video.shape[-2:]
     h_scale, w_scale = _uniform(generator, *jitter), _uniform(generator, *jitter)
-    if _uniform(generator, 0.0, 1.0) < p:
-        video = _resize(video, int(h_scale * h), int(w_scale * w))
-    video = resize_short_side(video, min_resize)
-    fh, fw = video.shape[-2:]
+    mid_h, mid_w = (int(h_scale * h), int(w_scale * w)) if _uniform(generator, 0.0, 1.0) < p else (h, w)
+    fh, fw = short_side(mid_h, mid_w, min_resize)
     box = CropBox(_randint(generator, 0, fh - size), _randint(generator, 0, fw - size), size, size, fh, fw)
-    out = _cut(video, box)
-    return (out, box) if return_box else out
+    rows = _two_resizes(h, mid_h, fh)[box.top : box.top + size]
+    return rows, _two_resizes(w, mid_w, fw)[box.left : box.left + size], box
+
+
+def _two_resizes(size_in: int, size_mid: int, size_out: int) -> np.ndarray:
+    """Resizing size_in -> size_mid -> size_out as one (size_out, size_in) matrix."""
+    if size_mid == size_in:
+        return resize_matrix(size_in, size_out)
+    first = resize_matrix(size_in, size_mid)
+    return first if size_out == size_mid else resize_matrix(size_mid, size_out) @ first
 
 
 def horizontal_flip(video: torch.Tensor, p: float = 0.5, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -178,61 +177,7 @@ def horizontal_flip(video: torch.Tensor, p: float = 0.5, *, generator: torch.Gen
     return video.flip(-1) if _uniform(generator, 0.0, 1.0) < p else video
 
 
-def _hexcone(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hue in sextants [0, 6), value (max) and chroma (max - min; 0 where max <= 0, as TF's kernel).
-
-    Hue is continuous where two channels tie for the max, so which one ``max`` picks is irrelevant.
-    """
-    v, idx = rgb.max(dim=0)
-    spread = v - rgb.amin(dim=0)
-    diff = rgb.roll(-1, 0) - rgb.roll(-2, 0)  # (g - b, b - r, r - g)
-    num = diff.gather(0, idx[None])[0]
-    h6 = torch.remainder(num / torch.where(spread > 0, spread, 1.0) + 2.0 * idx, 6.0)
-    return h6, v, torch.where(v > 0, spread, 0.0)
-
-
-def _from_hexcone(h6: torch.Tensor, v: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
-    """Channel n of (r, g, b) = v - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6, n = 5, 3, 1."""
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=h6.dtype).view(3, *([1] * h6.dim()))
-    k = torch.remainder(n + h6, 6.0)
-    return v - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-
-
-def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
-    """RGB -> HSV along dim 0, hue in turns (TF's and colorsys' hexcone formulas)."""
-    h6, v, chroma = _hexcone(rgb)
-    s = chroma / torch.where(v > 0, v, 1.0)
-    return torch.stack([torch.where(chroma > 0, h6 / 6.0, 0.0), s, v])
-
-
-def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """HSV -> RGB along dim 0."""
-    h, s, v = hsv.unbind(0)
-    return _from_hexcone(h * 6.0, v, s * v)
-
-
-def adjust_saturation(video: torch.Tensor, factor: float) -> torch.Tensor:
-    """Scale HSV saturation, clipped to [0, 1] (tf.image.adjust_saturation), without leaving RGB.
-
-    Hue and value fixed, each channel moves from the max by the chroma ratio:
-    x' = v - k (v - x), k = min(factor, v / (v - min)), and k = 0 (grey) where v <= 0.
-    """
-    v = video.amax(dim=0)
-    spread = v - video.amin(dim=0)
-    k = torch.where(v > 0, torch.clamp(v / torch.where(spread > 0, spread, 1.0), max=factor), 0.0)
-    return v - k * (v - video)
-
-
-def adjust_contrast(video: torch.Tensor, factor: float) -> torch.Tensor:
-    """(x - mean) * factor + mean, mean per frame and channel (tf.image.adjust_contrast)."""
-    mean = video.mean(dim=(-2, -1), keepdim=True)
-    return (video - mean) * factor + mean
-
-
-def adjust_hue(video: torch.Tensor, delta: float) -> torch.Tensor:
-    """Rotate the hue by ``delta`` turns (tf.image.adjust_hue)."""
-    h6, v, chroma = _hexcone(video)
-    return _from_hexcone(h6 + 6.0 * delta, v, chroma)
+# --------------------------------------------------------------------------------------------------- colour
 
 
 def color_jitter(
@@ -252,27 +197,27 @@ def color_jitter(
     U[1 - s, 1 + s] (so [0.6, 1.4]), hue delta U[-h, h]. Applied in DMVR's fixed order
     (brightness, saturation, contrast, hue), then clipped to [0, 1].
     """
+    params = _draw_color(generator, p, brightness, saturation, contrast, hue)
+    out = video
+    if params.applied:
+        out = torch.empty_like(video)
+        for t in range(video.shape[1]):
+            jitter_frame(video[:, t].clone(), params, out[:, t], scale=1.0)
+    return (out, params) if return_params else out
+
+
+def _draw_color(generator, p, brightness, saturation, contrast, hue) -> ColorParams:
     applied = _uniform(generator, 0.0, 1.0) < p
-    params = ColorParams(
+    return ColorParams(
         applied=applied,
         brightness=_uniform(generator, -brightness, brightness),
         saturation=_uniform(generator, 1.0 - saturation, 1.0 + saturation),
         contrast=_uniform(generator, 1.0 - contrast, 1.0 + contrast),
         hue=_uniform(generator, -hue, hue),
     )
-    out = _apply_color(video, params) if applied else video
-    return (out, params) if return_params else out
 
 
-def _apply_color(video: torch.Tensor, params: ColorParams) -> torch.Tensor:
-    video = video + params.brightness
-    if params.saturation != 1.0:
-        video = adjust_saturation(video, params.saturation)
-    if params.contrast != 1.0:
-        video = adjust_contrast(video, params.contrast)
-    if params.hue != 0.0:
-        video = adjust_hue(video, params.hue)
-    return torch.clamp(video, 0.0, 1.0)
+# ------------------------------------------------------------------------------------------------ pipelines
 
 
 def train_video_transform(
@@ -290,43 +235,61 @@ def train_video_transform(
     """uint8 (T, H, W, 3) -> augmented float32 (3, T, size, size) in [-1, 1] [P A.2.1].
 
     ``crop_style="inception"`` is the paper's crop; ``"vgg"`` is the code default (short side to
-    ``min_resize``, scale jitter, random crop) [C configs/dataset.py].
+    ``min_resize``, scale jitter, random crop) [C configs/dataset.py]. Same random draws and
+    result as ``random_resized_crop`` / ``scale_jitter_crop``, ``horizontal_flip``,
+    ``color_jitter`` and ``to_model_range`` on ``normalize_uint8(frames)``, but frame by frame
+    and converting only the cropped region; the flip reverses the column matrix.
     """
-    video = normalize_uint8(frames)
+    check_frames(frames)
+    h, w = frames.shape[1:3]
     if crop_style == "inception":
-        video = random_resized_crop(video, size, area, aspect, generator=generator)
+        rows, cols = _box_matrices(_sample_inception_box(h, w, area, aspect, 100, 0.1, generator), size)
     elif crop_style == "vgg":
-        video = scale_jitter_crop(video, size, min_resize, generator=generator)
+        rows, cols, _ = _jitter_matrices(h, w, size, min_resize, (0.8, 1.2), 0.8, generator)
     else:
         raise ValueError(f"crop_style: expected 'inception' or 'vgg', got {crop_style!r}")
-    if flip:
-        video = horizontal_flip(video, generator=generator)
-    if color:
-        video = color_jitter(video, generator=generator)
-    return to_model_range(video).contiguous()
+    if flip and _uniform(generator, 0.0, 1.0) < 0.5:
+        cols = cols[::-1]
+    params = _draw_color(generator, 0.8, 32 / 255, 0.4, 0.4, 0.2) if color else None
+    jitter = params is not None and params.applied
+    resampler = Resampler(frames, rows * (1.0 if jitter else 2.0) / 255.0, cols)
+    out = torch.empty(3, len(frames), size, size)
+    for t in range(len(frames)):
+        frame = resampler.frame(t).permute(1, 0, 2)
+        if jitter:
+            jitter_frame(frame, params, out[:, t], scale=2.0)
+        else:
+            torch.sub(frame, 1.0, out=out[:, t])
+    return out
 
 
-def center_crop(video: torch.Tensor, size: int, resize_to: int | None = None) -> torch.Tensor:
-    """Short side to ``resize_to`` (default ``size``), then the central size x size window [C data/dataloaders.py]."""
+def center_crop(video: torch.Tensor | np.ndarray, size: int, resize_to: int | None = None) -> torch.Tensor:
+    """Short side to ``resize_to`` (default ``size``), then the central size x size window [C data/dataloaders.py].
+
+    ``video`` is a float (3, T, H, W) clip or uint8 (T, H, W, 3) frames, of which only the
+    window's source region is converted.
+    """
     resize_to = size if resize_to is None else resize_to
     if resize_to < size:
         raise ValueError(f"resize_to ({resize_to}) must be at least the crop size ({size})")
-    video = resize_short_side(video, resize_to)
-    h, w = video.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return video[..., top : top + size, left : left + size]
+    h, w = frame_size(video)
+    fh, fw = short_side(h, w, resize_to)
+    top, left = (fh - size) // 2, (fw - size) // 2
+    return render(video, resize_matrix(h, fh)[top : top + size], resize_matrix(w, fw)[left : left + size])
 
 
-def three_crops(video: torch.Tensor, size: int) -> torch.Tensor:
+def three_crops(video: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
     """Short side to ``size``, then 3 crops along the long side: start, centre, end [P A.2.5].
 
     Returns (3, 3, T, size, size), views first. Offsets as in the code's ``multi_crop_image``:
-    0, round(L / 2 - size // 2) (half to even), L - size [C data/processing.py].
+    0, round(L / 2 - size // 2) (half to even), L - size [C data/processing.py]. ``video`` is a
+    float (3, T, H, W) clip or uint8 (T, H, W, 3) frames.
     """
-    video = resize_short_side(video, size)
-    h, w = video.shape[-2:]
-    along_height = h >= w
-    length = h if along_height else w
+    h, w = frame_size(video)
+    fh, fw = short_side(h, w, size)
+    video = render(video, resize_matrix(h, fh), resize_matrix(w, fw))
+    along_height = fh >= fw
+    length = fh if along_height else fw
     crops = []
     for start in (0, round(length / 2 - size // 2), length - size):
         if along_height:
@@ -381,8 +344,8 @@ def eval_views(
         raise ValueError("eval_views: the video has no frames")
     views = []
     for window in linspace_window_indices(len(frames), num_frames, stride, num_windows):
-        video = normalize_uint8(frames[window])
-        views.append(three_crops(video, size) if num_crops == 3 else center_crop(video, size)[None])
+        clip = frames[window]
+        views.append(three_crops(clip, size) if num_crops == 3 else center_crop(clip, size)[None])
     return to_model_range(torch.cat(views)).contiguous()
 
 

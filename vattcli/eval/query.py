@@ -18,7 +18,7 @@ from torch import nn
 
 from vattcli.data.media import decode_clip, probe, read_audio
 from vattcli.data.pipeline import ClipSpec
-from vattcli.data.transforms import center_crop, normalize_uint8, to_model_range
+from vattcli.data.transforms import center_crop, to_model_range
 from vattcli.errors import ConfigError, VattError
 
 _SPEC_FIELDS = ("frames", "fps", "size", "audio_rate", "text_len", "eval_windows")
@@ -72,7 +72,7 @@ def encode_video_file(model: nn.Module, path: str | os.PathLike[str], spec: Clip
     path = _checked_file(path, "video")
     clip = decode_clip(path, _middle_start(path, spec.seconds), spec.frames, spec.fps, audio_rate=spec.audio_rate,
                        need_audio=False)
-    video = to_model_range(center_crop(normalize_uint8(clip.frames), spec.size)).contiguous()
+    video = to_model_range(center_crop(clip.frames, spec.size)).contiguous()
     out = model(video=video[None].to(_device(model)))["video_va"]
     return F.normalize(out.float()[0], dim=-1).cpu()
 

@@ -1,0 +1,136 @@
+"""Colour jitter in closed forms on one frame at a time (DMVR order: brightness, saturation, contrast, hue, clip)
+[DMVR processors.py color_default_augm; P A.2.1], and the HSV conversions they are tested against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ColorParams:
+    """One clip's colour jitter: brightness delta, saturation/contrast factors, hue delta."""
+
+    applied: bool
+    brightness: float
+    saturation: float
+    contrast: float
+    hue: float
+
+
+def _hexcone(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue in sextants [0, 6), value (max) and chroma (max - min; 0 where max <= 0, as TF's kernel).
+
+    Hue is continuous where two channels tie for the max, so which one ``max`` picks is irrelevant.
+    """
+    v, idx = rgb.max(dim=0)
+    spread = v - rgb.amin(dim=0)
+    diff = rgb.roll(-1, 0) - rgb.roll(-2, 0)  # (g - b, b - r, r - g)
+    num = diff.gather(0, idx[None])[0]
+    h6 = torch.remainder(num / torch.where(spread > 0, spread, 1.0) + 2.0 * idx, 6.0)
+    return h6, v, torch.where(v > 0, spread, 0.0)
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """RGB -> HSV along dim 0, hue in turns (TF's and colorsys' hexcone formulas)."""
+    h6, v, chroma = _hexcone(rgb)
+    s = chroma / torch.where(v > 0, v, 1.0)
+    return torch.stack([torch.where(chroma > 0, h6 / 6.0, 0.0), s, v])
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """HSV -> RGB along dim 0: channel n = v - s v clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1."""
+    h, s, v = hsv.unbind(0)
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=h.dtype).view(3, *([1] * h.dim()))
+    k = torch.remainder(n + h * 6.0, 6.0)
+    return v - s * v * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def _saturate_(video: torch.Tensor, brightness: float, factor: float) -> None:
+    """In place along dim 0: add ``brightness``, then tf.image.adjust_saturation, without leaving RGB.
+
+    Hue and value fixed, each channel moves from the max by the chroma ratio. With v, m the max
+    and min before the shift d: x' = v + d - k (v - x), k = clamp((v + d) / (v - m), 0, factor)
+    (HSV saturation times ``factor``, clipped to [0, 1]; k = 0, grey, where v + d <= 0). Grey
+    pixels divide by a tiny number instead of 0; any finite k leaves them unchanged.
+    """
+    r, g, b = video.unbind(0)
+    v, spread = torch.maximum(r, g), torch.minimum(r, g)
+    torch.maximum(v, b, out=v)
+    torch.sub(v, torch.minimum(spread, b, out=spread), out=spread).clamp_(min=torch.finfo(video.dtype).tiny)
+    shifted = v + brightness
+    k = torch.div(shifted, spread, out=spread).clamp_(0.0, max(factor, 0.0))
+    offset = torch.addcmul(shifted, k, v, value=-1.0, out=shifted)
+    torch.addcmul(offset.unsqueeze(0), k.unsqueeze(0), video, out=video)
+
+
+def _rotate_hue(video: torch.Tensor, delta: float, out: torch.Tensor, clip: tuple[float, float] | None) -> None:
+    """Write ``video`` with its hexcone hue turned by ``delta`` (tf.image.adjust_hue) into ``out``, along dim 0.
+
+    Turning the hue keeps max, min and c = max - min, and moves each channel along its hexcone
+    profile: a trapezoid in the hue, equal to max within a sextant of the channel's own hue and
+    falling to min (slope c per sextant) over the next one. A third of a turn only relabels the
+    channels (red -> green), so delta = k / 3 + rest / 6 with rest in [-1, 1] sextants, and
+    turning by rest moves channel n by -rest c on the side of its peak where the hue lies, given
+    by sign(x_{n+1} - x_{n+2}) (r, g, b cyclic). With 2 x_n - mid, the profile continued past its
+    flat parts, the turned channel is clamp(2 x_n - mid - rest c sign(x_{n+1} - x_{n+2}), min, max).
+    ``clip`` (low, high) also clips the result.
+    """
+    k = round(3.0 * delta)
+    rest = 6.0 * delta - 2.0 * k
+    x = video.unbind(0)
+    high, low = torch.maximum(x[0], x[1]), torch.minimum(x[0], x[1])
+    v, m = torch.maximum(high, x[2]), torch.minimum(low, x[2])
+    neg_mid = torch.maximum(low, torch.minimum(high, x[2], out=high), out=low).neg_()
+    chroma = torch.sub(v, m, out=high)
+    if clip is not None:
+        v.clamp_(*clip)
+        m.clamp_(*clip)
+    value = torch.empty_like(chroma)
+    for n in range(3):
+        torch.sub(x[(n + 1) % 3], x[(n + 2) % 3], out=value).sign_()
+        torch.addcmul(neg_mid, value, chroma, value=-rest, out=value).add_(x[n], alpha=2.0)
+        torch.clamp(value, m, v, out=out[(n + k) % 3])
+
+
+def adjust_saturation(video: torch.Tensor, factor: float) -> torch.Tensor:
+    """Scale HSV saturation, clipped to [0, 1] (tf.image.adjust_saturation), channels along dim 0."""
+    out = video.clone()
+    _saturate_(out, 0.0, factor)
+    return out
+
+
+def adjust_contrast(video: torch.Tensor, factor: float) -> torch.Tensor:
+    """(x - mean) * factor + mean, mean per frame and channel (tf.image.adjust_contrast)."""
+    mean = video.mean(dim=(-2, -1), keepdim=True)
+    return (video - mean) * factor + mean
+
+
+def adjust_hue(video: torch.Tensor, delta: float) -> torch.Tensor:
+    """Rotate the hue by ``delta`` turns (tf.image.adjust_hue), channels along dim 0."""
+    out = torch.empty_like(video)
+    _rotate_hue(video, delta, out, None)
+    return out
+
+
+def jitter_frame(frame: torch.Tensor, params: ColorParams, out: torch.Tensor, scale: float) -> None:
+    """Jitter one (3, H, W) frame in [0, 1] (overwritten) into ``out`` as scale * x + 1 - scale.
+
+    ``scale`` 2 gives the model's [-1, 1]: the contrast step applies the affine map, which the
+    hue rotation and the final clipping commute with.
+    """
+    if params.saturation != 1.0:
+        _saturate_(frame, params.brightness, params.saturation)
+    else:
+        frame.add_(params.brightness)
+    low = 1.0 - scale
+    if params.contrast != 1.0:
+        offset = frame.mean(dim=(1, 2), keepdim=True).mul_(scale * (1.0 - params.contrast)).add_(low)
+        torch.add(offset, frame, alpha=scale * params.contrast, out=frame)
+    elif scale != 1.0:
+        frame.mul_(scale).add_(low)
+    if params.hue != 0.0:
+        _rotate_hue(frame, params.hue, out, (low, 1.0))
+    else:
+        torch.clamp(frame, low, 1.0, out=out)
