@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 from torch import nn
+
+from timing import timed
 
 from vattcli.core.layers import Encoder
 from vattcli.core.model import SIZES
@@ -40,17 +41,6 @@ def make_step(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None):
         opt.zero_grad(set_to_none=True)
 
     return step
-
-
-def timed(step, device: torch.device, iters: int) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
 
 
 def main() -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
+
+from timing import timed
 
 from vattcli.api import build_model, estimate_flops, model_config
 from vattcli.core.losses import PretrainLoss
@@ -39,17 +40,6 @@ def make_step(model, batch, dtype, compiled: bool):
         opt.zero_grad(set_to_none=True)
 
     return step
-
-
-def timed(step, device: torch.device, iters: int) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
 
 
 def main() -> None:
