@@ -31,6 +31,14 @@ def test_video_finetune_from_pretrained_tower_runs_and_evaluates_all_views(toy_d
     assert result["count"] == 12 and result["missing"] == 0  # one validation clip per toy class
     assert 0.0 <= result["top1"] <= result["top5"] <= 100.0
     assert (Path(summary["checkpoint"]) / "model.safetensors").is_file()
+    # `vatt evaluate` on the saved checkpoint rebuilds the classifier from its stored config: same figures
+    from vattcli.cli import main
+
+    out = tmp_path / "again.json"
+    assert main(["evaluate", "toy", "--ckpt", str(tmp_path), "--data", str(toy_data / "shards/kinetics"),
+                 "--out", str(out), "--workers", "0"]) == 0
+    again = json.loads(out.read_text())
+    assert again["count"] == 12 and again["top1"] == result["top1"] and again["top5"] == result["top5"]
 
 
 def test_finetune_starts_from_the_checkpoint_weights(toy_data, toy_ckpt):
