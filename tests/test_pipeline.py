@@ -88,3 +88,17 @@ def test_tokenizer_command_trains_from_caption_files_and_caption_json(tmp_path, 
     tok = TextTokenizer.load(tmp_path / "tok.model")
     ids = tok.encode(["Stir the onions"], max_len=16)
     assert ids.shape == (1, 16) and (ids[0, :3] != 0).all() and tok.decode(ids[0]).strip() == "stir the onions"
+
+
+def test_preprocess_resume_skips_finished_shards_and_limit_caps_sources(toy_data, tmp_path, capsys):
+    raw = toy_data / "raw/kinetics"
+    first = json.loads(run_cli(capsys, "preprocess", "kinetics400", "--root", str(raw), "--out", str(tmp_path),
+                               "--split", "train", "--workers", "1", "--limit", "5", "--shard-samples", "2",
+                               "--short-side", "64", "--json"))
+    assert first["written"] == 5 and first["already_done"] == 0
+    again = json.loads(run_cli(capsys, "preprocess", "kinetics400", "--root", str(raw), "--out", str(tmp_path),
+                               "--split", "train", "--workers", "1", "--shard-samples", "2", "--short-side", "64",
+                               "--resume", "--json"))
+    # the two full shards (4 samples) are kept; the fifth sample was in the last, smaller shard, also finished
+    assert again["already_done"] == 5 and again["written"] == 12  # 12 classes x 1 training clip in the small toy
+    assert main(["preprocess", "kinetics400", "--root", str(raw), "--out", str(tmp_path), "--split", "train"]) == 2

@@ -135,7 +135,7 @@ def run_preprocess(adapter: Adapter, root: Path, out: Path, split: str, *, setti
             items.append(entry)
     record = {"dataset": adapter.name, "split": split, "fps": settings.fps, "short_side": settings.short_side,
               "audio_rate": settings.audio_rate, "keyframe_interval_s": settings.keyframe_interval_s,
-              "root": str(root), "limit": limit, **adapter.settings()}
+              "root": str(root), **adapter.settings()}
     seconds = 0.0
     with ShardWriter(out / split, prefix=split, max_samples=max_samples, max_bytes=max_shard_bytes, settings=record,
                      resume=resume, overwrite=overwrite) as writer:
