@@ -3,7 +3,7 @@
 #   bash bench/gpu_check.sh [OUT_DIR]
 # 1. backbone training step vs nn.TransformerEncoderLayer(norm_first=True), bf16, Base, 785 tokens, batch 64
 # 2. full VATT-BBS pre-training step at batch 64, DropToken 50 %, eager and torch.compile: samples/s and MFU
-# 3. the test suite on the GPU machine's torch (CUDA paths of the model and losses)
+# 3. the model and loss tests against the GPU machine's torch build
 set -euo pipefail
 out="${1:-${OUT:-bench-results}}"
 mkdir -p "$out"
