@@ -326,7 +326,7 @@ def measure(urls: list[str], root: Path, tokenizer: TextTokenizer, rounds: int, 
 def summary_lines(r: dict[str, Any]) -> list[str]:
     a, b = r["shards_ms_per_clip"], r["original_ms_per_clip"]
     return [
-        f"source: {r['videos']} videos x {r['seconds_per_video']} s, 640x360 at {r['source_fps']} fps, keyframe every "
+        f"source: {r['videos']} videos x {r['seconds_per_video']} s, {WIDTH}x{HEIGHT} at {r['source_fps']} fps, keyframe every "
         f"{r['source_keyframe_interval_s']:.1f} s, {r['source_bitrate_mbps']:.2f} Mb/s, AAC 44.1 kHz stereo",
         f"preprocess (1 worker, CPU {r['cpu']}): {r['windows']} windows in {r['preprocess_wall_s']:.1f} s = "
         f"{r['preprocess_x_realtime_per_core']:.2f}x real time per core of source "
@@ -349,7 +349,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--clips", type=int, default=24, help="clips per round and per source")
     parser.add_argument("--out-json", default=None, help="also write the result to this file")
+    parser.add_argument("--source-size", default="640x360", help="WxH of the synthetic source videos (web downloads "
+                        "range from 360p to 1080p; decoding cost grows with it)")
     args = parser.parse_args()
+    global WIDTH, HEIGHT
+    WIDTH, HEIGHT = (int(v) for v in args.source_size.lower().split("x"))
     if args.videos < 1 or args.seconds < 10 or args.rounds < 1 or args.clips < 1:
         parser.error("need --videos >= 1, --seconds >= 10, --rounds >= 1, --clips >= 1")
 
@@ -361,7 +365,8 @@ def main() -> None:
         tokenizer = make_tokenizer(media["captions"], Path(tmp))
         cpu = pin_to_one_cpu()
         result: dict[str, Any] = {
-            "videos": args.videos, "seconds_per_video": args.seconds, "source_fps": sorted(set(media["fps"])),
+            "videos": args.videos, "source_size": f"{WIDTH}x{HEIGHT}", "seconds_per_video": args.seconds,
+            "source_fps": sorted(set(media["fps"])),
             "source_keyframe_interval_s": media["keyframe_interval_s"], "source_bitrate_mbps": media["bitrate_mbps"],
             "cpu": cpu, "torch_threads": torch.get_num_threads(),
             "ffmpeg_decode_threads": ffmpeg_decode_threads(next(root.glob("*.mp4"))),
