@@ -69,7 +69,6 @@ class TrainConfig:
     compile: bool = False
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
     peak_tflops: float | None = None  # for MFU; default 989 (dense bf16 H100/H200) on CUDA, none on CPU
-    fsdp: bool = False  # shard parameters (for the Large sizes) instead of replicating them with DDP
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Process group set-up from torchrun or Slurm, DDP/FSDP wrapping, and a batch norm synchronised on any backend.
+"""Process group set-up from torchrun or Slurm, DDP wrapping, and a batch norm synchronised on any backend.
 
 ``torch.nn.SyncBatchNorm`` runs on GPUs only; ``GlobalBatchNorm1d`` computes the statistics of the global batch
 with a differentiable all-reduce, so CPU (gloo) runs and tests have exactly the semantics of the official cross-replica
@@ -143,16 +143,15 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
-    """DDP (or FSDP for the Large sizes) around ``model`` when running on several processes; identity otherwise."""
+def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
+    """DDP around ``model`` when running on several processes (batch norms synchronised); identity otherwise.
+
+    Parameters are replicated: VATT-LBS (415 M parameters) needs about 7 GB per GPU for fp32 weights, gradients and
+    Adam state, well within one accelerator, so sharding (FSDP) is not provided.
+    """
     if not info.distributed:
         return model
     convert_batchnorm(model)
-    if fsdp:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return FullyShardedDataParallel(model, device_id=info.device if info.device.type == "cuda" else None,
-                                        use_orig_params=True)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [info.device.index] if info.device.type == "cuda" else None
@@ -160,7 +159,7 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Mo
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP/FSDP/torch.compile wrappers."""
+    """The user's module inside DDP and torch.compile wrappers."""
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if inner is None:

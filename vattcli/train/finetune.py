@@ -156,7 +156,7 @@ def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, console: Con
         loader = ResumableLoader(dataset, batch_size=local, num_workers=cfg.data.num_workers,
                                  pin_memory=info.device.type == "cuda", generator=loader_generator(cfg.train.seed))
         clip = model.backbone.parameters() if cfg.optim.clip_scope == "backbone" else None
-        trainer = Trainer(model=wrap_model(model, info, fsdp=cfg.train.fsdp), step_fn=finetune_step(cfg, len(classes)),
+        trainer = Trainer(model=wrap_model(model, info), step_fn=finetune_step(cfg, len(classes)),
                           loader=loader, train=cfg.train, optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg),
                           global_batch=cfg.data.batch_size, clip_params=clip, console=console)
         if resume:

@@ -113,7 +113,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: str | None = None, console: Con
         loader = build_loader(cfg, info, tokenizer)
         loss_fn = PretrainLoss(va_weight=cfg.loss.va_weight, vt_weight=cfg.loss.vt_weight, combine=cfg.loss.combine,
                                temperature=cfg.loss.temperature, symmetric=cfg.loss.symmetric)
-        wrapped = wrap_model(model, info, fsdp=cfg.train.fsdp)
+        wrapped = wrap_model(model, info)
         flops = estimate_flops(cfg.model, video_shape=(cfg.data.frames, cfg.data.size, cfg.data.size),
                                audio_samples=round(cfg.data.frames / cfg.data.fps * cfg.data.audio_rate),
                                text_len=cfg.data.text_len, num_captions=cfg.data.num_captions, droptoken=True,
