@@ -79,8 +79,9 @@ def evaluate_views(model: Classifier, loader: DataLoader, *, multilabel: bool, d
             progress.advance(task)
     s, y = torch.cat(scores), torch.cat(labels)
     if multilabel:
-        return {**{k: 100 * v for k, v in audioset_metrics(s.double(), y.double()).items() if k != "d_prime"},
-                "d_prime": audioset_metrics(s.double(), y.double())["d_prime"], "count": len(y)}
+        metrics = audioset_metrics(s.double(), y.double())
+        return {"mAP": 100 * metrics["mAP"], "AUC": 100 * metrics["AUC"], "d_prime": metrics["d_prime"],
+                "count": len(y)}
     valid = y >= 0
     s, y = s[valid], y[valid]
     return {**topk_accuracy(s, y, ks=(1, 5)), "mean_class_accuracy": mean_class_accuracy(s, y, s.shape[1]),
