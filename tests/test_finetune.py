@@ -31,6 +31,7 @@ def test_video_finetune_from_pretrained_tower_runs_and_evaluates_all_views(toy_d
     assert result["count"] == 12 and result["missing"] == 0  # one validation clip per toy class
     assert 0.0 <= result["top1"] <= result["top5"] <= 100.0
     assert (Path(summary["checkpoint"]) / "model.safetensors").is_file()
+    assert (tmp_path / "config.yaml").is_file()  # the resolved config beside the run, as for pre-training
     # `vatt evaluate` on the saved checkpoint rebuilds the classifier from its stored config: same figures
     from vattcli.cli import main
 

@@ -8,7 +8,7 @@ and mean rank (1-based), the pool size and the number of clips that could not be
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from vattcli.errors import DataError
 from vattcli.eval.embed import Embeddings, embed_clips
 from vattcli.eval.metrics import bidirectional_retrieval, topk_accuracy
 from vattcli.train.checkpoint import find_checkpoint, read_config, weights_hash
-from vattcli.train.data import shard_folder
+from vattcli.train.data import manifest_classes, shard_folder
 
 # The paper's zero-shot numbers (R@10 and MedR) [P Tab 4].
 PAPER_RETRIEVAL = {
@@ -81,41 +81,57 @@ def report_table(title: str, result: dict[str, Any]) -> Table:
     return table
 
 
-def run_retrieval(task: str, ckpt: str, data: str | None, *, out: Path | None, device: str = "cpu",
-                  num_workers: int = 0, console: Console | None = None) -> dict[str, Any]:
+@dataclass
+class EmbeddedSet:
+    """A checkpoint, its model and tokenizer, and every clip of one shard folder embedded with them."""
+
+    checkpoint: Path
+    model: Any
+    tokenizer: Any
+    shards: Path
+    embeddings: Embeddings
+    total: int  # clips the manifest lists; those that could not be read are total - len(embeddings.meta)
+
+    @property
+    def missing(self) -> int:
+        return self.total - len(self.embeddings.meta)
+
+
+def embed_set(ckpt: str, shards: Path, *, device: str = "cpu", num_workers: int = 0,
+              console: Console | None = None) -> EmbeddedSet:
     from vattcli.api import load_model, load_tokenizer
 
-    console = console or Console(stderr=True)
     folder = find_checkpoint(ckpt)
     model = load_model(folder, device=device)
     tokenizer = load_tokenizer(folder)
-    shards = shard_folder(data or f"shards/{task}", RETRIEVAL_SPLITS.get(task))
     emb = embed_clips(model, shards, eval_spec(folder), tokenizer, device=device, num_workers=num_workers,
-                      console=console)
-    total = read_manifest(shards)["counts"]["written"]
-    result = retrieval_report(task, emb, model_name=model.config.name, pool_total=total)
-    result.update({"checkpoint": str(folder), "weights_hash": weights_hash(folder), "data": str(shards)})
+                      console=console or Console(stderr=True))
+    return EmbeddedSet(folder, model, tokenizer, shards, emb, read_manifest(shards)["counts"]["written"])
+
+
+def run_retrieval(task: str, ckpt: str, data: str | None, *, out: Path | None, device: str = "cpu",
+                  num_workers: int = 0, console: Console | None = None) -> dict[str, Any]:
+    shards = shard_folder(data or f"shards/{task}", RETRIEVAL_SPLITS.get(task))
+    run = embed_set(ckpt, shards, device=device, num_workers=num_workers, console=console)
+    result = retrieval_report(task, run.embeddings, model_name=run.model.config.name, pool_total=run.total)
+    result.update({"checkpoint": str(run.checkpoint), "weights_hash": weights_hash(run.checkpoint),
+                   "data": str(shards)})
     _write(result, out)
-    return {"result": result, "embeddings": emb, "model": model, "tokenizer": tokenizer, "checkpoint": folder}
+    return {"result": result, "embeddings": run.embeddings, "model": run.model, "tokenizer": run.tokenizer,
+            "checkpoint": run.checkpoint}
 
 
 def run_zero_shot(task: str, ckpt: str, data: str | None, *, out: Path | None, device: str = "cpu",
                   num_workers: int = 0, template: str = "a video of {}",
                   console: Console | None = None) -> dict[str, Any]:
-    from vattcli.api import load_model, load_tokenizer
-
-    folder = find_checkpoint(ckpt)
-    model = load_model(folder, device=device)
-    tokenizer = load_tokenizer(folder)
     shards = shard_folder(data or f"shards/{task}", "val")
-    classes = read_manifest(shards).get("settings", {}).get("classes")
+    classes = manifest_classes(shards)
     if not classes:
         raise DataError(f"{shards}: the manifest lists no classes")
-    emb = embed_clips(model, shards, eval_spec(folder), tokenizer, device=device, num_workers=num_workers,
-                      console=console)
-    result = {"task": task, "zero_shot": True, **zero_shot_classification(model, tokenizer, emb, classes, template),
-              "missing": read_manifest(shards)["counts"]["written"] - len(emb.meta), "checkpoint": str(folder),
-              "weights_hash": weights_hash(folder)}
+    run = embed_set(ckpt, shards, device=device, num_workers=num_workers, console=console)
+    scores = zero_shot_classification(run.model, run.tokenizer, run.embeddings, classes, template)
+    result = {"task": task, "zero_shot": True, **scores, "missing": run.missing, "checkpoint": str(run.checkpoint),
+              "weights_hash": weights_hash(run.checkpoint)}
     _write(result, out)
     return {"result": result}
 

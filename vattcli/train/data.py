@@ -47,6 +47,7 @@ def shard_urls(path: str | Path, split: str | None = None) -> list[str]:
 
 
 def manifest_classes(path: str | Path, split: str | None = None) -> list[str] | None:
+    """The label names a classification adapter recorded in the shard manifest (None for caption sets)."""
     return read_manifest(shard_folder(path, split)).get("settings", {}).get("classes")
 
 

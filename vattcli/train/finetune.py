@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from vattcli.config import dump_yaml
+from vattcli.config import dump_yaml, write_config
 from vattcli.core.model import build_backbone
 from vattcli.core.tokenizers import resample_table
 from vattcli.data.pipeline import AudioDecoder, ClassifyDecoder, EvalViewsDecoder, ImageDecoder
@@ -31,7 +31,7 @@ from vattcli.errors import ConfigError
 from vattcli.eval.classify import Classifier, evaluate_views, inverse_occurrence_sigmoid_loss, softmax_loss
 from vattcli.train.checkpoint import find_checkpoint, load_weights
 from vattcli.train.config import FinetuneConfig
-from vattcli.train.data import shard_folder, shard_urls
+from vattcli.train.data import manifest_classes, shard_folder, shard_urls
 from vattcli.train.distributed import init_distributed, shutdown, wrap_model
 from vattcli.train.loop import Trainer
 from vattcli.train.pretrain import check_batch, clip_spec, loader_generator
@@ -61,7 +61,7 @@ def task_classes(cfg: FinetuneConfig) -> list[str]:
     if not cfg.data.train:
         raise ConfigError(f"data.train is empty: give the {cfg.task} shards, e.g. data.train={{{cfg.task}: DIR}}")
     root = next(iter(cfg.data.train.values()))
-    classes = read_manifest(shard_folder(root, "train")).get("settings", {}).get("classes")
+    classes = manifest_classes(root, "train")
     if not classes:
         raise ConfigError(f"{root}: its manifest lists no classes (was it written by a classification adapter?)")
     return classes
@@ -159,6 +159,9 @@ def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, console: Con
         trainer = Trainer(model=wrap_model(model, info), step_fn=finetune_step(cfg, len(classes)),
                           loader=loader, train=cfg.train, optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg),
                           global_batch=cfg.data.batch_size, clip_params=clip, console=console)
+        if info.is_main:
+            Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
+            write_config(cfg, Path(cfg.train.run_dir) / "config.yaml")
         if resume:
             trainer.resume(resume)
         summary = trainer.fit()

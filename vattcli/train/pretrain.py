@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from vattcli.config import dump_yaml
+from vattcli.config import dump_yaml, write_config
 from vattcli.core.flops import estimate_flops
 from vattcli.core.losses import PretrainLoss
 from vattcli.core.model import VATT
@@ -123,7 +123,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: str | None = None, console: Con
                           flops_per_sample=flops, global_batch=cfg.data.batch_size, console=console)
         if info.is_main:
             Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.train.run_dir) / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+            write_config(cfg, Path(cfg.train.run_dir) / "config.yaml")
         if resume:
             trainer.resume(resume)
         return trainer.fit()

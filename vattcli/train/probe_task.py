@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from vattcli.config import write_config
 from vattcli.core.model import build_backbone
 from vattcli.data.pipeline import AudioDecoder, EvalViewsDecoder
-from vattcli.data.shards import MANIFEST, read_manifest
+from vattcli.data.shards import MANIFEST
 from vattcli.errors import ConfigError
 from vattcli.eval.probe import Features, extract_features, probe_accuracy, train_probe
 from vattcli.train.checkpoint import find_checkpoint, load_weights
+from vattcli.train.data import manifest_classes, shard_urls
 from vattcli.train.config import FinetuneConfig
 from vattcli.train.distributed import pick_device
 from vattcli.train.finetune import adopt_checkpoint_model, resample_positions
@@ -63,13 +65,12 @@ def run_linear_probe(cfg: FinetuneConfig, *, console: Console | None = None) -> 
 
     def features(split: str, train: bool) -> Features:
         if (split, train) not in cache:
-            urls = [str(root / split / s["name"]) for s in read_manifest(root / split)["shards"]]
-            cache[(split, train)] = extract_features(backbone, urls, decode(train), device=device,
+            cache[(split, train)] = extract_features(backbone, shard_urls(root / split), decode(train), device=device,
                                                      num_workers=cfg.data.num_workers, label=f"features {split}",
                                                      console=console)
         return cache[(split, train)]
 
-    classes = read_manifest(root / pairs[0][1]).get("settings", {}).get("classes") or []
+    classes = manifest_classes(root / pairs[0][1]) or []
     results = {}
     for train_splits, test_split in pairs:
         parts = [features(s, True) for s in train_splits]
@@ -83,5 +84,6 @@ def run_linear_probe(cfg: FinetuneConfig, *, console: Console | None = None) -> 
     summary = {"task": cfg.task, "linear_probe": True, "splits": results, "top1_mean": mean, "paper": cfg.paper}
     run = Path(cfg.train.run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run / "config.yaml")
     (run / "eval.json").write_text(json.dumps(summary, indent=2))
     return {"step": cfg.train.steps, "stopped": "finished", "eval": summary, "checkpoint": None}
