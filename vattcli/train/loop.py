@@ -222,7 +222,7 @@ class Trainer:
         log_path = self.run_dir / "metrics.jsonl"
         stopped = "finished"
         with StopRequest() as stop, progress, \
-                (open(log_path, "a", encoding="utf-8") if self.info.is_main else open("/dev/null", "w")) as log_file:
+                (open(log_path, "a", encoding="utf-8") if self.info.is_main else contextlib.nullcontext()) as log_file:
             task = progress.add_task("train", total=total, completed=self.step, status="")
             batches = iter(self.loader)
             while self.step < total:
