@@ -10,6 +10,10 @@ Inception crop to 224 px with flip and colour jitter, 3.2 s of 48 kHz audio with
   (b) original: the same caption windows cut from the original MP4 with ``decode_clip`` (seek, 10 fps, short side
       256 so the transforms see the same frame size as from shards, AAC resampled to 48 kHz), then the same steps.
 
+Both are timed twice: finished on the CPU (``data.augment_on=workers``: float clips in [-1, 1], colour jitter done)
+and raw (``augment_on=device``, the default when training on a GPU: uint8 clips and their colour rows, which
+``vattcli.data.color.finish_video`` completes on the GPU; ``bench/bench_finish.py`` times that part).
+
 Everything after the media is written runs pinned to ONE CPU (``os.sched_setaffinity``) with
 ``torch.set_num_threads(1)``: ``open_input`` asks FFmpeg for automatic threading, which sizes its pool from the CPU
 affinity, so decoding and the x264 encoder of preprocessing each get one thread; the figures are per core. The target
@@ -236,9 +240,9 @@ class TimedDecoder(PretrainDecoder):
         self.phases.add("decode", started)
         return clip
 
-    def video_tensor(self, frames: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    def video_fields(self, frames: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
         started = time.perf_counter()
-        video = super().video_tensor(frames, gen)
+        video = super().video_fields(frames, gen)
         self.phases.add("video_transform", started)
         return video
 
@@ -268,7 +272,7 @@ def original_sample(decoder: TimedDecoder, window: dict[str, Any]) -> dict[str, 
     if spec.audio_noise > 0:
         audio = add_gaussian_noise(audio, spec.audio_noise, generator=gen)
     text, has_text = decoder.text_tensor(window["meta"])
-    return {"video": decoder.video_tensor(clip.frames, gen), "audio": audio.float(), "text": text,
+    return {**decoder.video_fields(clip.frames, gen), "audio": audio.float(), "text": text,
             "has_text": has_text, "has_audio": clip.has_audio}
 
 
@@ -289,20 +293,29 @@ def clips_per_second(next_clip, clips: int) -> tuple[float, float]:
 
 
 def measure(urls: list[str], root: Path, tokenizer: TextTokenizer, rounds: int, clips: int) -> dict[str, Any]:
-    """Alternating rounds (the order swapped every round) of `clips` samples from shards and from the originals."""
-    spec = ClipSpec()
-    decoders = {"shards": TimedDecoder(spec, tokenizer), "original": TimedDecoder(spec, tokenizer)}
-    shard_items = iter(ShardDataset(urls, decode=decoders["shards"]))  # endless, in shard order
-    windows = itertools.cycle(source_windows(urls, root))
-    sources = {"shards": lambda: next(shard_items),
-               "original": lambda: original_sample(decoders["original"], next(windows))}
+    """Alternating rounds (the order reversed every round) of `clips` samples from shards and from the originals,
+    each finished on the CPU (``augment_on=workers``: float clips in [-1, 1]) and raw (``augment_on=device``: uint8
+    clips and colour rows, which ``finish_video`` completes on the GPU)."""
+    specs = {"": ClipSpec(), "_raw": ClipSpec(raw_video=True)}
+    decoders, sources = {}, {}
+    for suffix, spec in specs.items():
+        shard_decoder, original_decoder = TimedDecoder(spec, tokenizer), TimedDecoder(spec, tokenizer)
+        decoders[f"shards{suffix}"], decoders[f"original{suffix}"] = shard_decoder, original_decoder
+        shard_items = iter(ShardDataset(urls, decode=shard_decoder))  # endless, in shard order
+        windows = itertools.cycle(source_windows(urls, root))
+        sources[f"shards{suffix}"] = lambda items=shard_items: next(items)
+        sources[f"original{suffix}"] = lambda d=original_decoder, w=windows: original_sample(d, next(w))
     for name, next_clip in sources.items():  # warm-up, and the outputs are what training needs
-        check_sample(next_clip(), spec, name)
+        item = next_clip()
+        check_sample(item, ClipSpec(), name)
+        if (item["video"].dtype == torch.uint8) != name.endswith("_raw"):
+            raise RuntimeError(f"{name}: unexpected video dtype {item['video'].dtype}")
         decoders[name].phases = Phases()
     rates: dict[str, list[float]] = {name: [] for name in sources}
     walls: dict[str, float] = defaultdict(float)
+    order = list(sources)
     for r in range(rounds):
-        for name in (("shards", "original") if r % 2 == 0 else ("original", "shards")):
+        for name in (order if r % 2 == 0 else order[::-1]):
             rate, wall = clips_per_second(sources[name], clips)
             rates[name].append(rate)
             walls[name] += wall
@@ -314,8 +327,10 @@ def measure(urls: list[str], root: Path, tokenizer: TextTokenizer, rounds: int, 
         result[f"{name}_clips_per_s"] = statistics.median(rates[name])
         result[f"{name}_rounds_clips_per_s"] = [round(x, 2) for x in rates[name]]
         result[f"{name}_ms_per_clip"] = {k: round(v, 1) for k, v in ms.items()}
-    result["ratio"] = result["shards_clips_per_s"] / result["original_clips_per_s"]
-    result["round_ratios"] = [round(a / b, 2) for a, b in zip(rates["shards"], rates["original"])]
+    for suffix in specs:
+        shards, original = f"shards{suffix}", f"original{suffix}"
+        result[f"ratio{suffix}"] = result[f"{shards}_clips_per_s"] / result[f"{original}_clips_per_s"]
+        result[f"round_ratios{suffix}"] = [round(a / b, 2) for a, b in zip(rates[shards], rates[original])]
     result["decode_ratio"] = result["original_ms_per_clip"]["decode"] / result["shards_ms_per_clip"]["decode"]
     return result
 
@@ -324,20 +339,27 @@ def measure(urls: list[str], root: Path, tokenizer: TextTokenizer, rounds: int, 
 
 
 def summary_lines(r: dict[str, Any]) -> list[str]:
-    a, b = r["shards_ms_per_clip"], r["original_ms_per_clip"]
+    def line(label: str, name: str) -> str:
+        ms = r[f"{name}_ms_per_clip"]
+        return (f"{label}: {r[f'{name}_clips_per_s']:.2f} clips/s per core (rounds {r[f'{name}_rounds_clips_per_s']}); "
+                f"ms/clip: decode {ms['decode']}, video transform {ms['video_transform']}, rest {ms['other']}")
+
     return [
-        f"source: {r['videos']} videos x {r['seconds_per_video']} s, {WIDTH}x{HEIGHT} at {r['source_fps']} fps, keyframe every "
-        f"{r['source_keyframe_interval_s']:.1f} s, {r['source_bitrate_mbps']:.2f} Mb/s, AAC 44.1 kHz stereo",
+        f"source: {r['videos']} videos x {r['seconds_per_video']} s, {r['source_size']} at {r['source_fps']} fps, "
+        f"keyframe every {r['source_keyframe_interval_s']:.1f} s, {r['source_bitrate_mbps']:.2f} Mb/s, AAC 44.1 kHz stereo",
         f"preprocess (1 worker, CPU {r['cpu']}): {r['windows']} windows in {r['preprocess_wall_s']:.1f} s = "
         f"{r['preprocess_x_realtime_per_core']:.2f}x real time per core of source "
         f"({r['preprocess_output_x_realtime_per_core']:.2f}x of output, {r['output_hours']:.4f} h written, "
         f"{r['shard_mb']:.1f} MB of shards)",
-        f"(a) shards:   {r['shards_clips_per_s']:.2f} clips/s per core (rounds {r['shards_rounds_clips_per_s']}); "
-        f"ms/clip: decode {a['decode']}, video transform {a['video_transform']}, rest {a['other']}",
-        f"(b) original: {r['original_clips_per_s']:.2f} clips/s per core (rounds {r['original_rounds_clips_per_s']}); "
-        f"ms/clip: decode {b['decode']}, video transform {b['video_transform']}, rest {b['other']}",
-        f"shards / original: {r['ratio']:.2f}x (per round {r['round_ratios']}; decoding alone "
-        f"{r['decode_ratio']:.2f}x); target >= 3x and ~30 clips/s per core from shards (480 clips/s from 16 cores)",
+        "finished on the CPU (augment_on=workers: float clips in [-1, 1]):",
+        line("  (a) shards  ", "shards"),
+        line("  (b) original", "original"),
+        f"  shards / original: {r['ratio']:.2f}x (per round {r['round_ratios']}; decoding alone {r['decode_ratio']:.2f}x)",
+        "raw, colour jitter on the GPU (augment_on=device, the default on CUDA: uint8 clips + colour rows):",
+        line("  (a) shards  ", "shards_raw"),
+        line("  (b) original", "original_raw"),
+        f"  shards / original: {r['ratio_raw']:.2f}x (per round {r['round_ratios_raw']})",
+        "target: >= 3x, and ~30 clips/s per core from shards (480 clips/s from 16 cores)",
         f"one core: torch threads {r['torch_threads']}, FFmpeg decoder threads {r['ffmpeg_decode_threads']}",
     ]
 

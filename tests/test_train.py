@@ -148,3 +148,40 @@ def test_non_finite_losses_skip_the_update_then_stop(tmp_path):
     with pytest.raises(TrainingError, match="3 steps in a row"):
         trainer.fit()
     assert torch.equal(model.weight, before)
+
+
+def test_clips_finished_on_the_device_train_like_clips_finished_in_workers(toy_data, tmp_path):
+    """data.augment_on=device (workers ship uint8 + colour rows, the loop jitters the batch) against the workers
+    doing it all: the same samples, crops and colours, so the same losses up to float rounding."""
+    from conftest import toy_overrides
+
+    runs = {}
+    for where in ("workers", "device"):
+        overrides = [*toy_overrides(toy_data, tmp_path / where), "train.steps=3", "data.color_jitter=true",
+                     "data.crop=inception", f"data.augment_on={where}", "model.droptoken_rate=0.0"]
+        run_pretrain(load_config(PretrainConfig, "pretrain/vatt-tiny", overrides))
+        runs[where] = [m["loss"] for m in read_metrics(tmp_path / where)]
+    assert len(runs["device"]) == 3
+    assert runs["device"] == pytest.approx(runs["workers"], abs=1e-4)
+
+
+def test_raw_training_samples_are_uint8_and_finish_to_the_worker_result(toy_data):
+    from torch.utils.data import default_collate
+
+    from vattcli.data.pipeline import ClipSpec, PretrainDecoder, finish_batch
+    from vattcli.data.reader import ShardDataset
+    from vattcli.data.text import TextTokenizer
+    from vattcli.train.data import shard_urls
+
+    tokenizer = TextTokenizer.load(toy_data / "tokenizer.model")
+    urls = shard_urls(toy_data / "shards/howto100m")
+    spec = ClipSpec(frames=8, size=32, crop="inception")
+    raw_spec = ClipSpec(frames=8, size=32, crop="inception", raw_video=True)
+    done = list(ShardDataset(urls, decode=PretrainDecoder(spec, tokenizer), epochs=1))
+    raw = list(ShardDataset(urls, decode=PretrainDecoder(raw_spec, tokenizer), epochs=1))
+    assert raw[0]["video"].dtype == torch.uint8 and raw[0]["video"].shape == (8, 32, 32, 3)
+    assert len(raw) == len(done) > 1 and any(bool(r["video_color"][0]) for r in raw)  # some clips are jittered
+    batch = finish_batch(default_collate(raw))
+    assert "video_color" not in batch and batch["video"].dtype == torch.float32
+    torch.testing.assert_close(batch["video"], torch.stack([d["video"] for d in done]), atol=1e-5, rtol=0)
+    assert torch.equal(batch["audio"], torch.stack([d["audio"] for d in done]))

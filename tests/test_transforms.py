@@ -304,8 +304,14 @@ def reference_vgg_crop(video, size, min_resize, g):
     return video[..., top : top + size, left : left + size]
 
 
-def reference_train(frames: np.ndarray, size: int, style: str, seed: int) -> tuple[np.ndarray, bool, bool]:
-    """train_video_transform's steps in float64, one after another, from the same generator seed."""
+def quantize(video: torch.Tensor) -> torch.Tensor:
+    """float64 (3, T, H, W) in [0, 1] -> uint8 (T, H, W, 3), rounded to the nearest level."""
+    return torch.round(video * 255.0).clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
+
+
+def reference_train(frames: np.ndarray, size: int, style: str, seed: int):
+    """train_clip_uint8's steps in float64, one after another, from the same generator seed: the uint8 clip and the
+    colour draw."""
     g = gen(seed)
     video = torch.from_numpy(frames).permute(3, 0, 1, 2).double() / 255.0
     if style == "inception":  # the box sampler draws the same numbers for any content
@@ -315,12 +321,19 @@ def reference_train(frames: np.ndarray, size: int, style: str, seed: int) -> tup
     else:
         video = reference_vgg_crop(video, size, size, g)
     flipped = uniform(g, 0.0, 1.0) < 0.5
-    clip = video.flip(-1).numpy() if flipped else video.numpy()
+    clip = quantize(video.flip(-1) if flipped else video)
     applied = uniform(g, 0.0, 1.0) < 0.8
     b, s, c, h = uniform(g, -32 / 255, 32 / 255), uniform(g, 0.6, 1.4), uniform(g, 0.6, 1.4), uniform(g, -0.2, 0.2)
-    if applied:
-        clip = reference_color(clip, C.ColorParams(True, b, s, c, h))
-    return clip * 2.0 - 1.0, flipped, applied
+    return clip, C.ColorParams(applied, b, s, c, h), flipped
+
+
+def assert_quantized_close(ours: torch.Tensor, expected: torch.Tensor, levels: int = 1) -> None:
+    """uint8 clips equal but for rounding: torch's uint8 kernel rounds after each separable pass (and the VGG crop
+    resizes twice), so values may be off by ``levels``, but not biased and mostly equal."""
+    assert ours.shape == expected.shape
+    diff = ours.double() - expected.double()
+    assert float(diff.abs().max()) <= levels and float((diff == 0).double().mean()) > 0.6
+    assert abs(float(diff.mean())) < 0.15 and float(diff.abs().mean()) < 0.4  # bias: 0.08 of a level measured
 
 
 @pytest.mark.parametrize("style, frame_size", [("inception", (36, 52)), ("vgg", (30, 44)), ("vgg", (44, 30))])
@@ -328,12 +341,18 @@ def test_train_transform_matches_op_by_op_reference(style, frame_size):
     frames = random_frames(t=2, h=frame_size[0], w=frame_size[1], seed=7)
     flips, jitters = set(), set()
     for seed in range(12):
-        out = T.train_video_transform(frames, size=20, crop_style=style, generator=gen(seed))
-        expected, flipped, applied = reference_train(frames, 20, style, seed)
+        clip, params = T.train_clip_uint8(frames, size=20, crop_style=style, generator=gen(seed))
+        expected_clip, expected_params, flipped = reference_train(frames, 20, style, seed)
         flips.add(flipped)
-        jitters.add(applied)
-        assert out.shape == (3, 2, 20, 20) and out.dtype == torch.float32
-        np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+        jitters.add(params.applied)
+        assert clip.shape == (2, 20, 20, 3) and clip.dtype == torch.uint8
+        assert_quantized_close(clip, expected_clip, 1 if style == "inception" else 2)
+        assert params == expected_params
+        out = T.train_video_transform(frames, size=20, crop_style=style, generator=gen(seed))
+        assert out.dtype == torch.float32 and torch.equal(out, T.finish_clip(clip, params))
+        x = clip.permute(3, 0, 1, 2).double().numpy() / 255.0
+        expected = reference_color(x, params) if params.applied else x
+        np.testing.assert_allclose(out.numpy(), expected * 2.0 - 1.0, atol=1e-5)
     assert flips == {True, False} and jitters == {True, False}  # every branch was compared
 
 
@@ -344,8 +363,50 @@ def test_train_transform_without_colour_matches_reference():
         _, box = T.random_resized_crop(torch.zeros(3, 1, 40, 64), 24, generator=g, return_box=True)
         video = torch.from_numpy(frames).permute(3, 0, 1, 2).double() / 255.0
         expected = reference_resize(video[..., box.top : box.top + box.height, box.left : box.left + box.width], 24, 24)
+        clip, params = T.train_clip_uint8(frames, size=24, flip=False, color=False, generator=gen(seed))
+        assert not params.applied
+        assert_quantized_close(clip, quantize(expected))
         out = T.train_video_transform(frames, size=24, flip=False, color=False, generator=gen(seed))
-        np.testing.assert_allclose(out.numpy(), expected.numpy() * 2.0 - 1.0, atol=1e-5)
+        np.testing.assert_allclose(out.numpy(), clip.permute(3, 0, 1, 2).double().numpy() / 127.5 - 1.0, atol=1e-6)
+
+
+def test_flat_white_and_black_stay_exact():
+    frames = np.zeros((2, 30, 40, 3), dtype=np.uint8)
+    frames[:, :15] = 255
+    for seed in range(4):
+        clip, _ = T.train_clip_uint8(frames, size=16, crop_style="vgg", color=False, generator=gen(seed))
+        assert set(torch.unique(clip[:, :3]).tolist()) | set(torch.unique(clip[:, -3:]).tolist()) <= {0, 255}
+
+
+def color_rows(n: int, seed: int) -> list:
+    """Colour draws with every branch: not applied, hue turns of -1/0/+1 thirds, saturation and contrast extremes."""
+    g = np.random.default_rng(seed)
+    rows = [C.ColorParams(False, 0.1, 1.3, 0.7, 0.1), C.ColorParams(True, 0.12, 1.4, 0.6, 0.19),
+            C.ColorParams(True, -0.12, 0.6, 1.4, -0.19), C.ColorParams(True, 0.0, 1.0, 1.0, 0.0)]
+    while len(rows) < n:
+        rows.append(C.ColorParams(bool(g.uniform() < 0.8), g.uniform(-0.13, 0.13), g.uniform(0.6, 1.4),
+                                  g.uniform(0.6, 1.4), g.uniform(-0.2, 0.2)))
+    return rows[:n]
+
+
+def test_batched_finish_matches_reference_and_per_clip_path():
+    rng = np.random.default_rng(4)
+    video = torch.from_numpy(rng.integers(0, 256, (11, 2, 6, 7, 3), dtype=np.uint8))  # (B, T, H, W, 3)
+    video[:, :, 0, :2] = 128  # greys
+    rows = color_rows(11, seed=5)
+    color = torch.stack([p.as_tensor() for p in rows])
+    out = C.finish_video(video, color, chunk=4)  # chunks of 4, 4, 3
+    assert out.shape == (11, 3, 2, 6, 7) and out.dtype == torch.float32
+    for i, params in enumerate(rows):
+        x = video[i].permute(3, 0, 1, 2).double().numpy() / 255.0
+        expected = reference_color(x, params) if params.applied else x
+        np.testing.assert_allclose(out[i].numpy(), expected * 2.0 - 1.0, atol=1e-5)
+        torch.testing.assert_close(out[i], T.finish_clip(video[i], params), atol=1e-5, rtol=0)
+
+
+def test_batched_finish_rejects_float_clips():
+    with pytest.raises(ValueError, match="uint8"):
+        C.finish_video(torch.zeros(2, 1, 4, 4, 3), torch.zeros(2, 5))
 
 
 def test_train_transform_accepts_strided_and_read_only_frames():

@@ -1,5 +1,6 @@
-"""Colour jitter in closed forms on one frame at a time (DMVR order: brightness, saturation, contrast, hue, clip)
-[DMVR processors.py color_default_augm; P A.2.1], and the HSV conversions they are tested against."""
+"""Colour jitter in closed forms (DMVR order: brightness, saturation, contrast, hue, clip) [DMVR processors.py
+color_default_augm; P A.2.1]: one frame at a time on the CPU (``jitter_frame``), or a batch of clips on any device
+(``finish_video``), and the HSV conversions they are tested against."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ class ColorParams:
     saturation: float
     contrast: float
     hue: float
+
+    def as_tensor(self) -> torch.Tensor:
+        """(5,) float32: applied (0/1), brightness, saturation, contrast, hue; what a sample carries as ``video_color``."""
+        return torch.tensor([float(self.applied), self.brightness, self.saturation, self.contrast, self.hue])
+
+
+NO_COLOR = ColorParams(False, 0.0, 1.0, 1.0, 0.0)
 
 
 def _hexcone(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -134,3 +142,55 @@ def jitter_frame(frame: torch.Tensor, params: ColorParams, out: torch.Tensor, sc
         _rotate_hue(frame, params.hue, out, (low, 1.0))
     else:
         torch.clamp(frame, low, 1.0, out=out)
+
+
+def jitter_batch(video: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """Clips (B, 3, T, H, W) in [0, 1], each with its own (B, 5) ``ColorParams.as_tensor`` row, jittered and clipped
+    to [0, 1] (the ``applied`` column is ignored). The closed forms of ``_saturate_`` and ``_rotate_hue``, with the
+    parameters as tensors: any device, no Python loop over samples."""
+    view = (-1,) + (1,) * (video.dim() - 2)
+    brightness, saturation, contrast, hue = (color[:, i].to(video.dtype).view(view) for i in range(1, 5))
+    x = video.unbind(1)
+    v, m = torch.maximum(torch.maximum(x[0], x[1]), x[2]), torch.minimum(torch.minimum(x[0], x[1]), x[2])
+    shifted = v + brightness
+    k = torch.minimum((shifted / (v - m).clamp_(min=torch.finfo(video.dtype).tiny)).clamp_(min=0.0),
+                      saturation.clamp(min=0.0))
+    video = torch.addcmul((shifted - k * v).unsqueeze(1), k.unsqueeze(1), video)
+    mean = video.mean(dim=(-2, -1), keepdim=True)
+    video = torch.lerp(mean, video, contrast.unsqueeze(1))  # (x - mean) * c + mean
+    turns = torch.round(3.0 * hue)  # whole thirds of a turn relabel the channels
+    rest = (6.0 * hue - 2.0 * turns).unsqueeze(1)
+    x = video.unbind(1)
+    high, low = torch.maximum(x[0], x[1]), torch.minimum(x[0], x[1])
+    v, m = torch.maximum(high, x[2]), torch.minimum(low, x[2])
+    mid = torch.maximum(low, torch.minimum(high, x[2]))
+    chroma = (v - m).unsqueeze(1)
+    side = torch.stack([x[(n + 1) % 3] - x[(n + 2) % 3] for n in range(3)], 1).sign_()
+    turned = (2.0 * video - mid.unsqueeze(1)).addcmul_(side, chroma * rest, value=-1.0)
+    turned = torch.maximum(torch.minimum(turned, v.clamp_(0.0, 1.0).unsqueeze(1)), m.clamp_(0.0, 1.0).unsqueeze(1))
+    shift = turns.view(-1).long()
+    index = torch.remainder(torch.arange(3, device=video.device)[None, :] - shift[:, None], 3)
+    return turned[torch.arange(len(shift), device=video.device)[:, None], index]
+
+
+def finish_video(video: torch.Tensor, color: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """uint8 clips (B, T, H, W, 3) and their (B, 5) colour rows -> float32 (B, 3, T, H, W) in [-1, 1], jittered
+    where ``applied``.
+
+    Runs where the tensors are (the training GPU: the workers then ship uint8, a quarter of the bytes), ``chunk``
+    clips at a time to bound the temporaries. Equal to ``vattcli.data.transforms.finish_clip`` per clip up to float
+    rounding.
+    """
+    if video.dtype != torch.uint8 or video.dim() != 5 or video.shape[-1] != 3 or color.shape != (video.shape[0], 5):
+        raise ValueError(f"finish_video: expected uint8 (B, T, H, W, 3) and (B, 5) colours, got {video.dtype} "
+                         f"{tuple(video.shape)} and {tuple(color.shape)}")
+    video = video.permute(0, 4, 1, 2, 3)
+    out = torch.empty(video.shape, dtype=torch.float32, device=video.device)
+    color = color.to(video.device)
+    for i in range(0, len(video), chunk):
+        x = video[i : i + chunk].float().div_(255.0)
+        rows = color[i : i + chunk]
+        applied = rows[:, 0] > 0.5
+        x = torch.where(applied.view(-1, 1, 1, 1, 1), jitter_batch(x, rows), x)
+        torch.sub(x, 0.5, out=out[i : i + chunk]).mul_(2.0)
+    return out

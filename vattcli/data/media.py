@@ -29,6 +29,13 @@ T = TypeVar("T")
 _EPS = 1e-4  # s; a frame shown at t counts for target t despite float rounding (far below a frame)
 _AUDIO_PREROLL = 0.1  # s decoded before an audio window, so the codec's first frame after a seek settles
 _PAD_MODES = ("loop", "last")
+_decoder_threads = 0  # FFmpeg's video decoder threads; 0 = automatic (one per CPU)
+
+
+def set_decoder_threads(count: int) -> None:
+    """Threads per video decoder from now on in this process; DataLoader workers set 1 (one decoder per core)."""
+    global _decoder_threads
+    _decoder_threads = max(0, int(count))
 
 
 @dataclass
@@ -92,6 +99,8 @@ def open_input(src: Source, name: str | None = None) -> Iterator[av.container.In
     try:
         for stream in container.streams.video:
             stream.thread_type = "AUTO"
+            if _decoder_threads:
+                stream.thread_count = _decoder_threads
         yield container
     except av.error.FFmpegError as err:
         raise MediaError(f"{label}: decoding failed ({getattr(err, 'strerror', err)})", "corrupt") from err

@@ -37,7 +37,10 @@ from vattcli.errors import MediaError
 
 Target = Union[str, os.PathLike, BinaryIO]
 
-_X264_OPTIONS = {"crf": "23", "preset": "veryfast"}  # a good size/quality trade at a few ms per frame
+# crf 23 / veryfast: a good size/quality trade at a few ms per frame. cabac=0 (CAVLC entropy coding): training reads
+# every clip many times, and CAVLC decodes about 2x faster than CABAC at ~15 % more bytes and the same PSNR (measured
+# on 456x256 clips at 10 fps: 17.9 vs 35.7 ms per 32 frames, 314 vs 275 kB, luma PSNR 38.15 vs 38.14 dB).
+_X264_OPTIONS = {"crf": "23", "preset": "veryfast", "x264-params": "cabac=0"}
 _MPEG4_BITS_PER_PIXEL = 0.2  # bit rate for the mpeg4 fallback, per pixel per frame
 
 

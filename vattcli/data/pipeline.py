@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vattcli.data.color import finish_video
 from vattcli.data.media import decode_clip, decode_image, read_audio
-from vattcli.data.transforms import (add_gaussian_noise, center_crop, image_to_clip, three_crops,
-                                     to_model_range, train_video_transform, uniform_window_starts)
+from vattcli.data.transforms import (add_gaussian_noise, center_crop, finish_clip, image_to_clip, three_crops,
+                                     to_model_range, train_clip_uint8, uniform_window_starts)
 from vattcli.errors import MediaError
 
 
@@ -35,6 +36,8 @@ class ClipSpec:
     text_len: int = 16
     eval_windows: int = 4
     eval_crops: int = 3
+    raw_video: bool = False  # training clips leave as uint8 + colour rows; ``finish_batch`` completes them
+
 
     @property
     def seconds(self) -> float:
@@ -85,12 +88,15 @@ class PretrainDecoder:
         return decode_clip(sample["mp4"], start, self.spec.frames, self.spec.fps, audio_rate=self.spec.audio_rate,
                            audio_src=sample.get("flac"), name=str(sample.get("__key__")))
 
-    def video_tensor(self, frames: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    def video_fields(self, frames: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """{"video": float (3, T, S, S) in [-1, 1]}, or with ``spec.raw_video`` in training {"video": uint8,
+        "video_color": (5,)} for ``finish_batch`` to complete on the training device."""
         s = self.spec
-        if self.train:
-            return train_video_transform(frames, s.size, crop_style=s.crop, flip=s.flip, color=s.color_jitter,
-                                         generator=gen)
-        return to_model_range(center_crop(frames, s.size)).contiguous()
+        if not self.train:
+            return {"video": to_model_range(center_crop(frames, s.size)).contiguous()}
+        clip, color = train_clip_uint8(frames, s.size, crop_style=s.crop, flip=s.flip, color=s.color_jitter,
+                                       generator=gen)
+        return {"video": clip, "video_color": color.as_tensor()} if s.raw_video else {"video": finish_clip(clip, color)}
 
     def text_tensor(self, meta: dict[str, Any]) -> tuple[torch.Tensor, bool]:
         s = self.spec
@@ -107,8 +113,8 @@ class PretrainDecoder:
         if self.train and self.spec.audio_noise > 0:
             audio = add_gaussian_noise(audio, self.spec.audio_noise, generator=gen)
         text, has_text = self.text_tensor(sample.get("json", {}))
-        return {"video": self.video_tensor(clip.frames, gen), "audio": audio.float(), "text": text,
-                "has_text": has_text, "has_audio": clip.has_audio}
+        return {**self.video_fields(clip.frames, gen), "audio": audio.float(), "text": text, "has_text": has_text,
+                "has_audio": clip.has_audio}
 
 
 class EvalViewsDecoder(PretrainDecoder):
@@ -151,7 +157,7 @@ class ClassifyDecoder(PretrainDecoder):
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         gen = sample_generator(self.seed, sample)
         clip = self.clip(sample, gen)
-        return {"video": self.video_tensor(clip.frames, gen), "label": _label_target(sample["json"], self.num_classes)}
+        return {**self.video_fields(clip.frames, gen), "label": _label_target(sample["json"], self.num_classes)}
 
 
 class AudioDecoder:
@@ -186,17 +192,31 @@ class AudioDecoder:
 class ImageDecoder:
     """ImageNet sample: the image repeated along time to fill one temporal patch [P §4.2.3]."""
 
-    def __init__(self, size: int, *, frames: int = 4, train: bool, seed: int = 0, crop: str = "inception") -> None:
+    def __init__(self, size: int, *, frames: int = 4, train: bool, seed: int = 0, crop: str = "inception",
+                 raw_video: bool = False) -> None:
         self.size, self.frames, self.train, self.seed, self.crop = size, frames, train, seed, crop
+        self.raw_video = raw_video
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         data = next((sample[k] for k in ("jpg", "png", "jpeg", "webp") if k in sample), None)
         if data is None:
             raise MediaError(f"{sample.get('__key__')}: sample has no image", "no_video")
         frames = image_to_clip(decode_image(data), self.frames)
-        if self.train:
-            video = train_video_transform(frames, self.size, crop_style=self.crop, color=False,
-                                          generator=sample_generator(self.seed, sample))
-        else:
-            video = to_model_range(center_crop(frames, self.size, round(self.size / 0.875)))
-        return {"video": video.contiguous(), "label": _label_target(sample["json"], None)}
+        label = _label_target(sample["json"], None)
+        if not self.train:
+            return {"video": to_model_range(center_crop(frames, self.size, round(self.size / 0.875))).contiguous(),
+                    "label": label}
+        clip, color = train_clip_uint8(frames, self.size, crop_style=self.crop, color=False,
+                                       generator=sample_generator(self.seed, sample))
+        if self.raw_video:
+            return {"video": clip, "video_color": color.as_tensor(), "label": label}
+        return {"video": finish_clip(clip, color), "label": label}
+
+
+def finish_batch(batch: Any) -> Any:
+    """Complete raw training clips on the device the batch is on: uint8 ``video`` with ``video_color`` rows becomes
+    float32 in [-1, 1] with its colour jitter (``vattcli.data.color.finish_video``); other batches pass unchanged."""
+    if isinstance(batch, dict) and "video_color" in batch:
+        batch = dict(batch)
+        batch["video"] = finish_video(batch["video"], batch.pop("video_color"))
+    return batch

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from torch.utils.data._utils.collate import default_convert
 
+from vattcli.data.media import set_decoder_threads
 from vattcli.data.shards import MANIFEST, read_manifest
 from vattcli.errors import DataError, VattError
 
@@ -273,6 +274,8 @@ class ShardDataset(IterableDataset):
         """Yield ``((worker, epoch, ordinal, skipped), sample)`` for the calling DataLoader worker."""
         info = get_worker_info()
         physical, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            set_decoder_threads(1)  # workers already use every core; a threaded decoder per worker oversubscribes
         worker = (physical + self._rotation) % num_workers
         self.skipped = Counter()
         start_epoch, consumed = self._start.get(worker, (self.first_epoch, 0))

@@ -8,9 +8,11 @@ clip, so all frames share the crop, flip and colour change. Randomness comes fro
 
 Speed (one core): a crop, its resize and a flip are one pair of matrices, rows (out_h, H) and
 columns (out_w, W), equal to torch's antialiased bilinear ``F.interpolate``. Only the region they
-read is converted to float, a frame at a time, and multiplied along the matrices' bands; colour
-jitter then runs on that frame while it is in cache, in closed forms with few passes. Results
-match the op-by-op definitions up to float rounding.
+read is converted to float, a frame at a time, and multiplied along the matrices' bands. Training
+clips go back to uint8 after the resize, as the reference does; the colour jitter runs either on
+the CPU a frame at a time while it is in cache (``finish_clip``), or batched on the training
+device (``vattcli.data.color.finish_video``), in closed forms with few passes. Results match the
+op-by-op definitions up to float rounding.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from vattcli.data.color import ColorParams, jitter_frame
+from vattcli.data.color import NO_COLOR, ColorParams, jitter_frame
 from vattcli.data.resample import (Resampler, check_frames, crop_resize_matrix, frame_size, render, resize_matrix,
                                     short_side)
 
@@ -151,15 +154,21 @@ def scale_jitter_crop(
     return (out, box) if return_box else out
 
 
-def _jitter_matrices(h, w, size, min_resize, jitter, p, generator) -> tuple[np.ndarray, np.ndarray, CropBox]:
-    """``scale_jitter_crop`` as row and column matrices: jitter resize, short-side resize, crop."""
+def _jitter_box(h, w, size, min_resize, jitter, p, generator) -> tuple[int, int, CropBox]:
+    """``scale_jitter_crop``'s draws: the jittered size, and the crop in the short-side-resized frame."""
     min_resize = size if min_resize is None else min_resize
     if min_resize < size:
         raise ValueError(f"min_resize ({min_resize}) must be at least the crop size ({size})")
     h_scale, w_scale = _uniform(generator, *jitter), _uniform(generator, *jitter)
     mid_h, mid_w = (int(h_scale * h), int(w_scale * w)) if _uniform(generator, 0.0, 1.0) < p else (h, w)
     fh, fw = short_side(mid_h, mid_w, min_resize)
-    box = CropBox(_randint(generator, 0, fh - size), _randint(generator, 0, fw - size), size, size, fh, fw)
+    return mid_h, mid_w, CropBox(_randint(generator, 0, fh - size), _randint(generator, 0, fw - size), size, size, fh, fw)
+
+
+def _jitter_matrices(h, w, size, min_resize, jitter, p, generator) -> tuple[np.ndarray, np.ndarray, CropBox]:
+    """``scale_jitter_crop`` as row and column matrices: jitter resize, short-side resize, crop."""
+    mid_h, mid_w, box = _jitter_box(h, w, size, min_resize, jitter, p, generator)
+    fh, fw = box.frame_height, box.frame_width
     rows = _two_resizes(h, mid_h, fh)[box.top : box.top + size]
     return rows, _two_resizes(w, mid_w, fw)[box.left : box.left + size], box
 
@@ -220,7 +229,7 @@ def _draw_color(generator, p, brightness, saturation, contrast, hue) -> ColorPar
 # ------------------------------------------------------------------------------------------------ pipelines
 
 
-def train_video_transform(
+def train_clip_uint8(
     frames: np.ndarray,
     size: int = 224,
     *,
@@ -231,36 +240,63 @@ def train_video_transform(
     area: tuple[float, float] = (0.08, 1.0),
     aspect: tuple[float, float] = (0.5, 2.0),
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> augmented float32 (3, T, size, size) in [-1, 1] [P A.2.1].
+) -> tuple[torch.Tensor, ColorParams]:
+    """uint8 (T, H, W, 3) -> the cropped, resized, maybe flipped uint8 clip (T, size, size, 3), and its colour draw.
 
-    ``crop_style="inception"`` is the paper's crop; ``"vgg"`` is the code default (short side to
-    ``min_resize``, scale jitter, random crop) [C configs/dataset.py]. Same random draws and
-    result as ``random_resized_crop`` / ``scale_jitter_crop``, ``horizontal_flip``,
-    ``color_jitter`` and ``to_model_range`` on ``normalize_uint8(frames)``, but frame by frame
-    and converting only the cropped region; the flip reverses the column matrix.
+    ``crop_style="inception"`` is the paper's crop; ``"vgg"`` is the code default (scale jitter,
+    short side to ``min_resize``, random crop) [C configs/dataset.py]. Like the code, frames stay
+    uint8 through the crop and every resize, and the colour jitter comes after
+    [C data/processing.py random_crop_resize; DMVR processors.py resize_smallest]; it is applied
+    by ``finish_clip`` (one clip, here) or ``vattcli.data.color.finish_video`` (a batch, on any
+    device). Resizes are torch's antialiased bilinear on uint8 (its SIMD kernel), rounding to the
+    nearest level where the code's ``tf.cast`` truncates (a 0.5/255 mean shift). Random draws in
+    order: crop, flip, colour (``applied`` False when ``color`` is off).
     """
     check_frames(frames)
     h, w = frames.shape[1:3]
+    if not frames.flags.writeable or min(frames.strides) < 0:
+        frames = np.array(frames)
+    clip = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W) in channels-last memory
     if crop_style == "inception":
-        rows, cols = _box_matrices(_sample_inception_box(h, w, area, aspect, 100, 0.1, generator), size)
+        box = _sample_inception_box(h, w, area, aspect, 100, 0.1, generator)
+        region = clip[:, :, box.top : box.top + box.height, box.left : box.left + box.width]
+        out = resize_uint8(region, size, size)
     elif crop_style == "vgg":
-        rows, cols, _ = _jitter_matrices(h, w, size, min_resize, (0.8, 1.2), 0.8, generator)
+        mid_h, mid_w, box = _jitter_box(h, w, size, min_resize, (0.8, 1.2), 0.8, generator)
+        full = resize_uint8(resize_uint8(clip, mid_h, mid_w), box.frame_height, box.frame_width)
+        out = full[:, :, box.top : box.top + size, box.left : box.left + size]
     else:
         raise ValueError(f"crop_style: expected 'inception' or 'vgg', got {crop_style!r}")
+    out = out.permute(0, 2, 3, 1)  # (T, size, size, 3), contiguous: the resize keeps the channels-last layout
     if flip and _uniform(generator, 0.0, 1.0) < 0.5:
-        cols = cols[::-1]
-    params = _draw_color(generator, 0.8, 32 / 255, 0.4, 0.4, 0.2) if color else None
-    jitter = params is not None and params.applied
-    resampler = Resampler(frames, rows * (1.0 if jitter else 2.0) / 255.0, cols)
-    out = torch.empty(3, len(frames), size, size)
-    for t in range(len(frames)):
-        frame = resampler.frame(t).permute(1, 0, 2)
-        if jitter:
-            jitter_frame(frame, params, out[:, t], scale=2.0)
-        else:
-            torch.sub(frame, 1.0, out=out[:, t])
+        out = out.flip(2)
+    params = _draw_color(generator, 0.8, 32 / 255, 0.4, 0.4, 0.2) if color else NO_COLOR
+    return out.contiguous(), params
+
+
+def resize_uint8(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (T, 3, H, W) -> (T, 3, height, width), antialiased bilinear (``F.interpolate``, rounded)."""
+    if tuple(clip.shape[-2:]) == (height, width):
+        return clip
+    return F.interpolate(clip, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+
+
+def finish_clip(frames: torch.Tensor, params: ColorParams) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [-1, 1] with ``params``' colour jitter, a frame at a time (on
+    the CPU, in cache) [P A.2.1]; ``vattcli.data.color.finish_video`` does the same for a batch on any device."""
+    video = frames.permute(3, 0, 1, 2)
+    out = torch.empty(video.shape, dtype=torch.float32)
+    if not params.applied:
+        return torch.mul(video, 2.0 / 255.0, out=out).sub_(1.0)
+    for t in range(video.shape[1]):
+        jitter_frame(video[:, t].float().div_(255.0), params, out[:, t], scale=2.0)
     return out
+
+
+def train_video_transform(frames: np.ndarray, size: int = 224, **kwargs) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> augmented float32 (3, T, size, size) in [-1, 1] [P A.2.1]: ``train_clip_uint8``
+    (same arguments), then ``finish_clip``."""
+    return finish_clip(*train_clip_uint8(frames, size, **kwargs))
 
 
 def center_crop(video: torch.Tensor | np.ndarray, size: int, resize_to: int | None = None) -> torch.Tensor:

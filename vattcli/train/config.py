@@ -29,6 +29,9 @@ class DataConfig:
     crop: Literal["inception", "vgg"] = "inception"  # paper: Inception-style; code default: VGG scale jitter
     flip: bool = True
     color_jitter: bool = True
+    # Where training clips get their colour jitter and [-1, 1] scaling: "workers" (DataLoader processes), "device"
+    # (the batch on the training device; workers ship uint8), "auto" = device on a GPU, workers on the CPU.
+    augment_on: Literal["auto", "workers", "device"] = "auto"
     audio_rate: int = 48_000
     audio_noise: float = 0.01  # std = 0.01 * max|x| [C data/processing.py]
     num_captions: int = 5  # K, the MIL-NCE positive set [P §3.4]

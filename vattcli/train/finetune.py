@@ -67,15 +67,16 @@ def task_classes(cfg: FinetuneConfig) -> list[str]:
     return classes
 
 
-def decoders(cfg: FinetuneConfig, num_classes: int, *, train: bool):
-    data, spec = cfg.data, clip_spec(cfg.data)
+def decoders(cfg: FinetuneConfig, num_classes: int, *, train: bool, device: torch.device | None = None):
+    """Sample decoders; ``device`` (training) decides where clips are finished (``data.augment_on``)."""
+    data, spec = cfg.data, clip_spec(cfg.data, device if train else None)
     seconds = data.frames / data.fps
     if cfg.modality == "audio":
         return AudioDecoder(seconds, data.audio_rate, train=train, num_classes=num_classes, seed=cfg.train.seed,
                             windows=data.eval_windows)
     if cfg.modality == "image":
         return ImageDecoder(data.size, frames=cfg.model.video_patch[0], train=train, seed=cfg.train.seed,
-                            crop=data.crop)
+                            crop=data.crop, raw_video=spec.raw_video)
     if train:
         return ClassifyDecoder(spec, num_classes=num_classes, seed=cfg.train.seed)
     return EvalViewsDecoder(spec, crops=data.eval_crops, num_classes=num_classes)
@@ -151,7 +152,7 @@ def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, console: Con
         local = check_batch(cfg.data, info, cfg.train.grad_accum)
         train_root = next(iter(cfg.data.train.values()))
         dataset = ShardDataset(shard_urls(train_root, "train"), shuffle_buffer=cfg.data.shuffle_buffer,
-                               seed=cfg.train.seed, decode=decoders(cfg, len(classes), train=True),
+                               seed=cfg.train.seed, decode=decoders(cfg, len(classes), train=True, device=info.device),
                                rank=info.rank, world_size=info.world_size)
         loader = ResumableLoader(dataset, batch_size=local, num_workers=cfg.data.num_workers,
                                  pin_memory=info.device.type == "cuda", generator=loader_generator(cfg.train.seed))

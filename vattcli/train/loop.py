@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from vattcli.data.pipeline import finish_batch
 from vattcli.errors import CheckpointError, VattError
 from vattcli.train.checkpoint import (CheckpointManager, capture_rng, find_checkpoint, load_train_state, load_weights,
                                       restore_rng)
@@ -228,7 +229,7 @@ class Trainer:
             while self.step < total:
                 t0 = time.perf_counter()
                 try:
-                    batch = _to_device(next(batches), self.info.device)
+                    batch = finish_batch(_to_device(next(batches), self.info.device))
                 except StopIteration:
                     batches = iter(self.loader)
                     continue

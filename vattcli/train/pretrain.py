@@ -25,11 +25,18 @@ from vattcli.train.distributed import DistInfo, init_distributed, shutdown, wrap
 from vattcli.train.loop import Trainer
 
 
-def clip_spec(data: DataConfig) -> ClipSpec:
+def raw_video(data: DataConfig, device: torch.device | None) -> bool:
+    """Whether training clips are finished on the device (``data.augment_on``; auto: on a GPU)."""
+    if data.augment_on == "auto":
+        return device is not None and device.type == "cuda"
+    return data.augment_on == "device"
+
+
+def clip_spec(data: DataConfig, device: torch.device | None = None) -> ClipSpec:
     return ClipSpec(frames=data.frames, fps=data.fps, size=data.size, audio_rate=data.audio_rate, crop=data.crop,
                     flip=data.flip, color_jitter=data.color_jitter, audio_noise=data.audio_noise,
                     num_captions=data.num_captions, text_len=data.text_len, eval_windows=data.eval_windows,
-                    eval_crops=data.eval_crops)
+                    eval_crops=data.eval_crops, raw_video=raw_video(data, device))
 
 
 def tokenizer_file(data: DataConfig) -> Path | None:
@@ -72,7 +79,7 @@ def build_loader(cfg: PretrainConfig, info: DistInfo, tokenizer: Any) -> Any:
                                        num_captions=data.num_captions, text_len=data.text_len,
                                        vocab_size=cfg.model.vocab_size, seed=cfg.train.seed)
     sources = {name: shard_urls(path) for name, path in data.train.items()}
-    decoder = PretrainDecoder(clip_spec(data), tokenizer, train=True, seed=cfg.train.seed)
+    decoder = PretrainDecoder(clip_spec(data, info.device), tokenizer, train=True, seed=cfg.train.seed)
     dataset = MixedShardDataset(sources, data.weights, shuffle_buffer=data.shuffle_buffer, seed=cfg.train.seed,
                                 decode=decoder, rank=info.rank, world_size=info.world_size)
     return ResumableLoader(dataset, batch_size=local, num_workers=data.num_workers,
