@@ -21,6 +21,7 @@ affinity, so decoding and the x264 encoder of preprocessing each get one thread;
 
     python bench/bench_data.py                                   # 4 videos of 60 s, 3 rounds of 24 clips
     python bench/bench_data.py --videos 8 --seconds 90 --rounds 5 --clips 40 --out-json data_bench.json
+    python bench/bench_data.py --videos 16 --loader-workers 16          # also a 16-worker DataLoader, all cores
 
 The videos are written with PyAV directly: ``write_av`` makes a keyframe every second and mono audio, unlike a web
 download.
@@ -46,6 +47,7 @@ import av
 import numpy as np
 import torch
 from rich.console import Console
+from torch.utils.data import DataLoader
 
 from vattcli.data.adapters.howto100m import HowTo100M
 from vattcli.data.media import decode_clip
@@ -201,11 +203,11 @@ def ffmpeg_decode_threads(path: Path) -> int:
         return int(stream.codec_context.thread_count)
 
 
-def preprocess(root: Path, out: Path, source_seconds: float) -> dict[str, Any]:
+def preprocess(root: Path, out: Path, source_seconds: float, max_samples: int) -> dict[str, Any]:
     """run_preprocess with the howto100m adapter, one worker; speeds per core, of source and of output media."""
     started = time.perf_counter()
     summary = run_preprocess(HowTo100M(), root, out, "train", settings=Settings(fps=HowTo100M.fps), workers=1,
-                             console=Console(file=io.StringIO()))
+                             max_samples=max_samples, console=Console(file=io.StringIO()))
     wall = time.perf_counter() - started
     shard_bytes = sum(p.stat().st_size for p in (out / "train").glob("*.tar"))
     return {"windows": summary["written"], "skipped": summary["skipped"], "preprocess_wall_s": wall,
@@ -277,7 +279,9 @@ def original_sample(decoder: TimedDecoder, window: dict[str, Any]) -> dict[str, 
 
 
 def check_sample(item: dict[str, Any], spec: ClipSpec, what: str) -> None:
-    expected = {"video": (3, spec.frames, spec.size, spec.size), "audio": (spec.audio_samples,),
+    raw = item["video"].dtype == torch.uint8  # (T, H, W, 3) frames for finish_video on the GPU
+    video = (spec.frames, spec.size, spec.size, 3) if raw else (3, spec.frames, spec.size, spec.size)
+    expected = {"video": video, "audio": (spec.audio_samples,),
                 "text": (spec.num_captions, spec.text_len)}
     shapes = {k: tuple(item[k].shape) for k in expected}
     if shapes != expected or not (item["has_text"] and item["has_audio"]):
@@ -335,6 +339,26 @@ def measure(urls: list[str], root: Path, tokenizer: TextTokenizer, rounds: int, 
     return result
 
 
+def loader_throughput(urls: list[str], tokenizer: TextTokenizer, workers: int, seconds: float) -> dict[str, Any]:
+    """Clips/s out of a DataLoader with ``workers`` processes (all this machine's cores), raw and finished on the
+    CPU, batches of 32, after the workers' first batches; no training step consumes them."""
+    result: dict[str, Any] = {"loader_workers": workers, "loader_shards": len(urls)}
+    for name, raw in (("raw", True), ("cpu_finished", False)):
+        dataset = ShardDataset(urls, decode=PretrainDecoder(ClipSpec(raw_video=raw), tokenizer, train=True))
+        loader = DataLoader(dataset, batch_size=32, num_workers=workers, prefetch_factor=2)
+        batches = iter(loader)
+        for _ in range(workers):  # every worker has started and delivered once
+            next(batches)
+        clips, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            clips += len(next(batches)["video"])
+        wall = time.perf_counter() - started
+        del batches
+        result[f"loader_{name}_clips_per_s"] = clips / wall
+        result[f"loader_{name}_clips_per_s_per_worker"] = clips / wall / workers
+    return result
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -361,7 +385,11 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"  shards / original: {r['ratio_raw']:.2f}x (per round {r['round_ratios_raw']})",
         "target: >= 3x, and ~30 clips/s per core from shards (480 clips/s from 16 cores)",
         f"one core: torch threads {r['torch_threads']}, FFmpeg decoder threads {r['ffmpeg_decode_threads']}",
-    ]
+    ] + ([
+        f"DataLoader, {r['loader_workers']} workers over {r['loader_shards']} shards, batches of 32: raw "
+        f"{r['loader_raw_clips_per_s']:.0f} clips/s ({r['loader_raw_clips_per_s_per_worker']:.1f} per worker), "
+        f"finished on the CPU {r['loader_cpu_finished_clips_per_s']:.0f} clips/s "
+        f"({r['loader_cpu_finished_clips_per_s_per_worker']:.1f} per worker)"] if "loader_workers" in r else [])
 
 
 def main() -> None:
@@ -371,6 +399,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--clips", type=int, default=24, help="clips per round and per source")
     parser.add_argument("--out-json", default=None, help="also write the result to this file")
+    parser.add_argument("--loader-workers", type=int, default=0, help="also time a DataLoader with this many "
+                        "workers on all cores (0: skip); the shards are cut to 8 samples each so every worker reads")
+    parser.add_argument("--loader-seconds", type=float, default=20.0, help="timed seconds per DataLoader run")
     parser.add_argument("--source-size", default="640x360", help="WxH of the synthetic source videos (web downloads "
                         "range from 360p to 1080p; decoding cost grows with it)")
     args = parser.parse_args()
@@ -385,6 +416,7 @@ def main() -> None:
         root.mkdir()
         media = make_dataset(root, args.videos, args.seconds)
         tokenizer = make_tokenizer(media["captions"], Path(tmp))
+        all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         cpu = pin_to_one_cpu()
         result: dict[str, Any] = {
             "videos": args.videos, "source_size": f"{WIDTH}x{HEIGHT}", "seconds_per_video": args.seconds,
@@ -394,8 +426,12 @@ def main() -> None:
             "ffmpeg_decode_threads": ffmpeg_decode_threads(next(root.glob("*.mp4"))),
             "rounds": args.rounds, "clips": args.clips,
         }
-        result |= preprocess(root, out, args.videos * args.seconds)
+        result |= preprocess(root, out, args.videos * args.seconds, 8 if args.loader_workers else 1000)
         result |= measure(shard_urls(out / "train"), root, tokenizer, args.rounds, args.clips)
+        if args.loader_workers:
+            if all_cpus is not None:
+                os.sched_setaffinity(0, all_cpus)
+            result |= loader_throughput(shard_urls(out / "train"), tokenizer, args.loader_workers, args.loader_seconds)
     print(json.dumps(result))
     print("\n".join(summary_lines(result)))
     if args.out_json:

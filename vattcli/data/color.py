@@ -188,7 +188,7 @@ def finish_video(video: torch.Tensor, color: torch.Tensor, chunk: int = 8) -> to
     out = torch.empty(video.shape, dtype=torch.float32, device=video.device)
     color = color.to(video.device)
     for i in range(0, len(video), chunk):
-        x = video[i : i + chunk].float().div_(255.0)
+        x = video[i : i + chunk].to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
         rows = color[i : i + chunk]
         applied = rows[:, 0] > 0.5
         x = torch.where(applied.view(-1, 1, 1, 1, 1), jitter_batch(x, rows), x)

@@ -285,11 +285,12 @@ def finish_clip(frames: torch.Tensor, params: ColorParams) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [-1, 1] with ``params``' colour jitter, a frame at a time (on
     the CPU, in cache) [P A.2.1]; ``vattcli.data.color.finish_video`` does the same for a batch on any device."""
     video = frames.permute(3, 0, 1, 2)
-    out = torch.empty(video.shape, dtype=torch.float32)
     if not params.applied:
-        return torch.mul(video, 2.0 / 255.0, out=out).sub_(1.0)
-    for t in range(video.shape[1]):
-        jitter_frame(video[:, t].float().div_(255.0), params, out[:, t], scale=2.0)
+        return video.to(torch.float32, memory_format=torch.contiguous_format).mul_(2.0 / 255.0).sub_(1.0)
+    out = torch.empty(video.shape, dtype=torch.float32)
+    for t in range(video.shape[1]):  # planar float frames: the closed forms run on contiguous channels
+        frame = video[:, t].to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+        jitter_frame(frame, params, out[:, t], scale=2.0)
     return out
 
 
