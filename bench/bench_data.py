@@ -21,7 +21,7 @@ affinity, so decoding and the x264 encoder of preprocessing each get one thread;
 
     python bench/bench_data.py                                   # 4 videos of 60 s, 3 rounds of 24 clips
     python bench/bench_data.py --videos 8 --seconds 90 --rounds 5 --clips 40 --out-json data_bench.json
-    python bench/bench_data.py --videos 16 --loader-workers 16          # also a 16-worker DataLoader, all cores
+    python bench/bench_data.py --videos 16 --seconds 40 --loader-workers 8,16   # also DataLoaders over all cores
 
 The videos are written with PyAV directly: ``write_av`` makes a keyframe every second and mono audio, unlike a web
 download.
@@ -339,20 +339,24 @@ def measure(urls: list[str], root: Path, tokenizer: TextTokenizer, rounds: int, 
     return result
 
 
-def loader_throughput(urls: list[str], tokenizer: TextTokenizer, workers: int, seconds: float) -> dict[str, Any]:
-    """Clips/s out of a DataLoader with ``workers`` processes (all this machine's cores), raw and finished on the
-    CPU, batches of 32, after the workers' first batches; no training step consumes them."""
+def loader_throughput(urls: list[str], tokenizer: TextTokenizer, workers: int, seconds: float,
+                      kinds: tuple[str, ...] = ("raw", "cpu_finished")) -> dict[str, Any]:
+    """Clips/s out of a DataLoader with ``workers`` processes, raw and finished on the CPU, batches of 32, after the
+    workers' first batches; no training step consumes them."""
     result: dict[str, Any] = {"loader_workers": workers, "loader_shards": len(urls)}
     for name, raw in (("raw", True), ("cpu_finished", False)):
+        if name not in kinds:
+            continue
         dataset = ShardDataset(urls, decode=PretrainDecoder(ClipSpec(raw_video=raw), tokenizer, train=True))
         loader = DataLoader(dataset, batch_size=32, num_workers=workers, prefetch_factor=2)
         batches = iter(loader)
         for _ in range(workers):  # every worker has started and delivered once
             next(batches)
-        clips, started = 0, time.perf_counter()
+        clips, started, cpu0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             clips += len(next(batches)["video"])
         wall = time.perf_counter() - started
+        result[f"loader_{name}_main_process_cpu_share"] = (time.process_time() - cpu0) / wall
         del batches
         result[f"loader_{name}_clips_per_s"] = clips / wall
         result[f"loader_{name}_clips_per_s_per_worker"] = clips / wall / workers
@@ -385,11 +389,14 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"  shards / original: {r['ratio_raw']:.2f}x (per round {r['round_ratios_raw']})",
         "target: >= 3x, and ~30 clips/s per core from shards (480 clips/s from 16 cores)",
         f"one core: torch threads {r['torch_threads']}, FFmpeg decoder threads {r['ffmpeg_decode_threads']}",
-    ] + ([
-        f"DataLoader, {r['loader_workers']} workers over {r['loader_shards']} shards, batches of 32: raw "
-        f"{r['loader_raw_clips_per_s']:.0f} clips/s ({r['loader_raw_clips_per_s_per_worker']:.1f} per worker), "
-        f"finished on the CPU {r['loader_cpu_finished_clips_per_s']:.0f} clips/s "
-        f"({r['loader_cpu_finished_clips_per_s_per_worker']:.1f} per worker)"] if "loader_workers" in r else [])
+    ] + [loader_line(x) for x in r.get("loaders", [])]
+
+
+def loader_line(x: dict[str, Any]) -> str:
+    parts = [f"{name.replace('_', ' ')} {x[f'loader_{name}_clips_per_s']:.0f} clips/s "
+             f"({x[f'loader_{name}_clips_per_s_per_worker']:.1f} per worker)"
+             for name in ("raw", "cpu_finished") if f"loader_{name}_clips_per_s" in x]
+    return f"DataLoader, {x['loader_workers']} workers over {x['loader_shards']} shards, batches of 32: " + ", ".join(parts)
 
 
 def main() -> None:
@@ -399,8 +406,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--clips", type=int, default=24, help="clips per round and per source")
     parser.add_argument("--out-json", default=None, help="also write the result to this file")
-    parser.add_argument("--loader-workers", type=int, default=0, help="also time a DataLoader with this many "
-                        "workers on all cores (0: skip); the shards are cut to 8 samples each so every worker reads")
+    parser.add_argument("--loader-workers", default="", help="also time a DataLoader with these worker counts, comma "
+                        "separated, e.g. 8,16 (the last also finished on the CPU); the shards are cut to 8 samples "
+                        "each so every worker reads")
     parser.add_argument("--loader-seconds", type=float, default=20.0, help="timed seconds per DataLoader run")
     parser.add_argument("--source-size", default="640x360", help="WxH of the synthetic source videos (web downloads "
                         "range from 360p to 1080p; decoding cost grows with it)")
@@ -426,12 +434,15 @@ def main() -> None:
             "ffmpeg_decode_threads": ffmpeg_decode_threads(next(root.glob("*.mp4"))),
             "rounds": args.rounds, "clips": args.clips,
         }
-        result |= preprocess(root, out, args.videos * args.seconds, 8 if args.loader_workers else 1000)
+        counts = [int(n) for n in args.loader_workers.split(",") if n.strip()]
+        result |= preprocess(root, out, args.videos * args.seconds, 8 if counts else 1000)
         result |= measure(shard_urls(out / "train"), root, tokenizer, args.rounds, args.clips)
-        if args.loader_workers:
-            if all_cpus is not None:
-                os.sched_setaffinity(0, all_cpus)
-            result |= loader_throughput(shard_urls(out / "train"), tokenizer, args.loader_workers, args.loader_seconds)
+        if all_cpus is not None:
+            os.sched_setaffinity(0, all_cpus)
+        result["loaders"] = [
+            loader_throughput(shard_urls(out / "train"), tokenizer, n, args.loader_seconds,
+                              ("raw", "cpu_finished") if i == len(counts) - 1 else ("raw",))
+            for i, n in enumerate(counts)]
     print(json.dumps(result))
     print("\n".join(summary_lines(result)))
     if args.out_json:
