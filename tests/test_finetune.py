@@ -24,7 +24,8 @@ def finetune_cfg(toy: Path, run: Path, *extra: str) -> FinetuneConfig:
 
 
 def test_video_finetune_from_pretrained_tower_runs_and_evaluates_all_views(toy_data, toy_ckpt, tmp_path):
-    cfg = finetune_cfg(toy_data, tmp_path, f"ckpt={toy_ckpt}", "data.eval_windows=2", "data.eval_crops=3")
+    cfg = finetune_cfg(toy_data, tmp_path, f"ckpt={toy_ckpt}", "data.eval_windows=2", "data.eval_crops=3",
+                       "data.augment_on=device", "data.color_jitter=true")  # raw clips jittered by the loop
     summary = run_finetune(cfg)
     assert summary["stopped"] == "finished" and summary["step"] == 3
     result = json.loads((tmp_path / "eval.json").read_text())
@@ -125,6 +126,7 @@ def test_image_finetune_repeats_each_image_into_one_temporal_patch(toy_ckpt, tmp
     cfg = load_config(FinetuneConfig, "finetune/toy", [
         f"data.train={{imagenet: {tmp_path / 'shards'}}}", f"data.val={tmp_path / 'shards'}", "modality=image",
         f"ckpt={toy_ckpt}", "model.video_grid=[1, 4, 4]", f"train.run_dir={tmp_path / 'run'}", "train.steps=2",
-        "data.batch_size=2", "data.num_workers=0", "data.shuffle_buffer=4"])
+        "data.batch_size=2", "data.num_workers=0", "data.shuffle_buffer=4",
+        "data.augment_on=device"])  # raw uint8 images, finished by the loop
     summary = run_finetune(cfg)
     assert summary["stopped"] == "finished" and summary["eval"]["count"] == 2

@@ -404,6 +404,15 @@ def test_batched_finish_matches_reference_and_per_clip_path():
         torch.testing.assert_close(out[i], T.finish_clip(video[i], params), atol=1e-5, rtol=0)
 
 
+def test_compiled_finish_equals_eager():
+    """The fused (torch.compile) pass that runs on CUDA, here compiled for the CPU, against the eager chunks."""
+    rng = np.random.default_rng(6)
+    video = torch.from_numpy(rng.integers(0, 256, (6, 2, 5, 7, 3), dtype=np.uint8))
+    color = torch.stack([p.as_tensor() for p in color_rows(6, seed=7)])
+    eager = C.finish_video(video, color, chunk=4, compile=False)
+    torch.testing.assert_close(C.finish_video(video, color, compile=True), eager, atol=2e-6, rtol=0)
+
+
 def test_batched_finish_rejects_float_clips():
     with pytest.raises(ValueError, match="uint8"):
         C.finish_video(torch.zeros(2, 1, 4, 4, 3), torch.zeros(2, 5))
