@@ -23,7 +23,7 @@ from mediagen import (
     write_tone_file,
 )
 
-from vattcli.data import media as media_module
+from vattcli.data import media_io as media_module
 from vattcli.data.media import decode_clip, decode_image, probe, read_audio, resample
 from vattcli.data.media_write import encode_flac, transcode, transcode_to_bytes, write_av, write_image
 from vattcli.errors import MediaError

@@ -21,18 +21,8 @@ import soundfile as sf
 from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
-from vattcli.data.media import (
-    Source,
-    StreamEnd,
-    TrackEnd,
-    audio_chunks,
-    open_input,
-    origin_of,
-    pick_frames,
-    source_label,
-    video_frames_from,
-    window_pieces,
-)
+from vattcli.data.media_audio import TrackEnd, audio_chunks, window_pieces
+from vattcli.data.media_io import Source, StreamEnd, open_input, origin_of, pick_frames, source_label, video_frames_from
 from vattcli.errors import MediaError
 
 Target = Union[str, os.PathLike, BinaryIO]

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vattcli.data.color import NO_COLOR, ColorParams, jitter_frame
-from vattcli.data.resample import (Resampler, check_frames, crop_resize_matrix, frame_size, render, resize_matrix,
-                                    short_side)
+from vattcli.data.resample import check_frames, crop_resize_matrix, frame_size, render, resize_matrix, short_side
 
 @dataclass(frozen=True)
 class CropBox:
