@@ -11,13 +11,12 @@ alternating rounds so machine noise hits both alike; the median round is reporte
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
 from torch import nn
 
-from timing import timed
+from timing import emit, timed
 
 from vattcli.core.layers import Encoder
 from vattcli.core.model import SIZES
@@ -79,12 +78,9 @@ def main() -> None:
     result = {"size": args.size, "layers": spec.num_layers, "tokens": args.tokens, "batch": args.batch,
               "device": str(device), "dtype": args.dtype, "compile": args.compile,
               "ours_s": med["ours"], "baseline_s": med["baseline"], "ratio": med["ours"] / med["baseline"]}
-    print(json.dumps(result))
+    emit(result, args.json)
     print(f"ours / nn.TransformerEncoderLayer(norm_first=True): {result['ratio']:.3f} "
           f"(median of {args.rounds} rounds; < 1 is faster)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ Also checks ``finish_video`` on the GPU against the same op on the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
 
 from bench_pretrain_step import make_step
-from timing import timed
+from timing import emit, timed
 
 from vattcli.api import build_model, model_config
 from vattcli.data.color import ColorParams, finish_video
@@ -91,10 +90,7 @@ def main() -> None:
               "raw_finish_share_of_step": ms["raw_copy_and_finish"] / ms["step"],
               "raw_vs_float_copy": ms["raw_copy_and_finish"] / ms["float_copy"],
               "gpu_vs_cpu_finish_max_abs_diff": max_diff}
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,11 @@ model FLOPs utilisation, not hardware utilisation.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
 
-from timing import timed
+from timing import emit, timed
 
 from vattcli.api import build_model, estimate_flops, model_config
 from vattcli.core.losses import PretrainLoss
@@ -87,10 +86,7 @@ def main() -> None:
                         "mfu": flops * args.batch / sec / PEAK if device.type == "cuda" else None}
     if "eager" in result and "compiled" in result:
         result["compiled_speedup"] = result["eager"]["step_s"] / result["compiled"]["step_s"]
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
