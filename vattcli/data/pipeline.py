@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vattcli.data.color import finish_video
+from vattcli.data.color import ColorParams, finish_video
 from vattcli.data.media import decode_clip, decode_image, read_audio
 from vattcli.data.transforms import (add_gaussian_noise, center_crop, finish_clip, image_to_clip, three_crops,
                                      to_model_range, train_clip_uint8, uniform_window_starts)
@@ -38,7 +38,6 @@ class ClipSpec:
     eval_crops: int = 3
     raw_video: bool = False  # training clips leave as uint8 + colour rows; ``finish_batch`` completes them
 
-
     @property
     def seconds(self) -> float:
         return self.frames / self.fps
@@ -56,6 +55,11 @@ def sample_generator(seed: int, sample: dict[str, Any]) -> torch.Generator:
 
 def _uniform(gen: torch.Generator, high: float) -> float:
     return float(torch.rand((), generator=gen)) * high if high > 0 else 0.0
+
+
+def _train_video(clip: torch.Tensor, color: ColorParams, raw: bool) -> dict[str, torch.Tensor]:
+    """A training clip as the sample carries it: raw (uint8 frames and their colour row) or finished here."""
+    return {"video": clip, "video_color": color.as_tensor()} if raw else {"video": finish_clip(clip, color)}
 
 
 def _label_target(meta: dict[str, Any], num_classes: int | None) -> torch.Tensor:
@@ -96,7 +100,7 @@ class PretrainDecoder:
             return {"video": to_model_range(center_crop(frames, s.size)).contiguous()}
         clip, color = train_clip_uint8(frames, s.size, crop_style=s.crop, flip=s.flip, color=s.color_jitter,
                                        generator=gen)
-        return {"video": clip, "video_color": color.as_tensor()} if s.raw_video else {"video": finish_clip(clip, color)}
+        return _train_video(clip, color, s.raw_video)
 
     def text_tensor(self, meta: dict[str, Any]) -> tuple[torch.Tensor, bool]:
         s = self.spec
@@ -208,9 +212,7 @@ class ImageDecoder:
                     "label": label}
         clip, color = train_clip_uint8(frames, self.size, crop_style=self.crop, color=False,
                                        generator=sample_generator(self.seed, sample))
-        if self.raw_video:
-            return {"video": clip, "video_color": color.as_tensor(), "label": label}
-        return {"video": finish_clip(clip, color), "label": label}
+        return {**_train_video(clip, color, self.raw_video), "label": label}
 
 
 def finish_batch(batch: Any) -> Any:
