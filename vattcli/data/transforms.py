@@ -6,13 +6,14 @@ take and return a float (3, T, H, W) clip in [0, 1]. One set of random parameter
 clip, so all frames share the crop, flip and colour change. Randomness comes from a
 ``torch.Generator`` (``None`` = torch's global generator). Resizing is bilinear with antialiasing.
 
-Speed (one core): a crop, its resize and a flip are one pair of matrices, rows (out_h, H) and
-columns (out_w, W), equal to torch's antialiased bilinear ``F.interpolate``. Only the region they
-read is converted to float, a frame at a time, and multiplied along the matrices' bands. Training
-clips go back to uint8 after the resize, as the reference does; the colour jitter runs either on
-the CPU a frame at a time while it is in cache (``finish_clip``), or batched on the training
-device (``vattcli.data.color.finish_video``), in closed forms with few passes. Results match the
-op-by-op definitions up to float rounding.
+Speed (one core): training clips stay uint8 through the crop and resizes (torch's antialiased
+bilinear uint8 kernel, as the reference keeps uint8 frames), within one level of the float
+definitions; the colour jitter then runs either on the CPU a frame at a time while it is in cache
+(``finish_clip``), or batched on the training device (``vattcli.data.color.finish_video``), in
+closed forms with few passes. Evaluation views resize in float: a crop, its resize and a flip are
+one pair of matrices, rows (out_h, H) and columns (out_w, W), equal to torch's antialiased
+bilinear ``F.interpolate``, applied to only the region they read, a frame at a time. Both match
+the op-by-op definitions (up to float rounding, and uint8 rounding for training clips).
 """
 
 from __future__ import annotations
