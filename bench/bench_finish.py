@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from bench_pretrain_step import make_step
+from bench_pretrain_step import add_step_args, make_step
 from timing import emit, timed
 
 from vattcli.api import build_model, model_config
@@ -39,15 +39,7 @@ def color_rows(batch: int, seed: int = 0) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vatt-bbs")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--audio", type=int, default=153_600)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", default=None)
+    add_step_args(parser)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -65,9 +57,9 @@ def main() -> None:
     gpu = finish_video(raw[check].to(device), colors[check].to(device)).cpu()
     max_diff = float((gpu - finished_host[check]).abs().max())
 
-    cfg = model_config(args.model)
+    cfg = model_config(args.model, droptoken_rate=args.droptoken)
     batch = {"video": finished_host.to(device), "audio": torch.rand(b, args.audio, device=device) * 2 - 1,
-             "text": torch.randint(1, cfg.vocab_size, (b, 5, 16), device=device)}
+             "text": torch.randint(1, cfg.vocab_size, (b, args.captions, 16), device=device)}
     step = make_step(build_model(cfg, device=device).train(), batch, dtype, compiled=False)
 
     def raw_path() -> None:

@@ -24,6 +24,21 @@ from vattcli.core.losses import PretrainLoss
 PEAK = 989e12
 
 
+def add_step_args(parser: argparse.ArgumentParser) -> None:
+    """The model, batch and timing options of a pre-training step benchmark (also used by bench_finish.py)."""
+    parser.add_argument("--model", default="vatt-bbs")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--audio", type=int, default=153_600, help="waveform samples (3.2 s at 48 kHz)")
+    parser.add_argument("--captions", type=int, default=5)
+    parser.add_argument("--droptoken", type=float, default=0.5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", default=None)
+
+
 def make_step(model, batch, dtype, compiled: bool):
     net = torch.compile(model) if compiled else model
     loss_fn = PretrainLoss()
@@ -43,19 +58,9 @@ def make_step(model, batch, dtype, compiled: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vatt-bbs")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--audio", type=int, default=153_600, help="waveform samples (3.2 s at 48 kHz)")
-    parser.add_argument("--captions", type=int, default=5)
-    parser.add_argument("--droptoken", type=float, default=0.5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_step_args(parser)
     parser.add_argument("--modes", default="eager,compiled", help="comma list of eager, compiled")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     torch.manual_seed(0)
