@@ -57,7 +57,7 @@ from vattcli.data.preprocess import Settings, run_preprocess
 from vattcli.data.reader import ShardDataset, iter_tar_samples
 from vattcli.data.text import TextTokenizer, train_tokenizer
 from vattcli.data.transforms import add_gaussian_noise
-from vattcli.train.data import shard_urls
+from vattcli.data.folders import shard_urls
 
 WIDTH, HEIGHT = 640, 360
 SOURCE_RATE = 44_100

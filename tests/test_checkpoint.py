@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vattcli.errors import CheckpointError
-from vattcli.train import checkpoint as ck
+from vattcli import checkpoints as ck
 
 
 class Tiny(nn.Module):
@@ -137,7 +137,7 @@ def test_crash_mid_save_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.Mon
         path.write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "_write_weights", half_write)
+    monkeypatch.setattr(ck.folder, "_write_weights", half_write)
     with pytest.raises(OSError, match="disk full"):
         save(tmp_path, 5)
     assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,7 @@ from vattcli.config import dump_yaml, load_config
 from vattcli.data.text import train_tokenizer
 from vattcli.errors import VattError
 from vattcli.export import export_checkpoint, load_tower
-from vattcli.train.checkpoint import save_checkpoint
+from vattcli.checkpoints import save_checkpoint
 from vattcli.train.config import PretrainConfig
 
 CAPTIONS = [f"a {c} {s} moving {m}" for c in ("red", "blue", "green") for s in ("square", "circle")

@@ -14,6 +14,7 @@ from vattcli.errors import CheckpointError
 from vattcli.eval.classify import inverse_occurrence_sigmoid_loss, softmax_loss
 from vattcli.train.config import FinetuneConfig
 from vattcli.train.finetune import build_classifier, run_finetune
+from vattcli.train.probe_task import run_linear_probe
 
 
 def finetune_cfg(toy: Path, run: Path, *extra: str) -> FinetuneConfig:
@@ -48,7 +49,7 @@ def test_finetune_starts_from_the_checkpoint_weights(toy_data, toy_ckpt):
     from safetensors.torch import load_file
 
     cfg = finetune_cfg(toy_data, Path("/tmp/unused"), f"ckpt={toy_ckpt}", "model.video_grid=[2, 6, 6]")
-    from vattcli.train.finetune import adopt_checkpoint_model
+    from vattcli.train.transfer import adopt_checkpoint_model
     from rich.console import Console
 
     cfg = adopt_checkpoint_model(cfg, Console(quiet=True))
@@ -67,7 +68,7 @@ def test_audio_finetune_with_mixup_and_linear_probe_run(toy_data, toy_ckpt, tmp_
     assert summary["stopped"] == "finished" and "top1" in summary["eval"]
     probe = finetune_cfg(toy_data, tmp_path / "probe", f"ckpt={toy_ckpt}", "head.linear_probe=true",
                          "train.steps=30")
-    result = run_finetune(probe)["eval"]
+    result = run_linear_probe(probe)["eval"]
     assert list(result["splits"]) == ["val"] and 0.0 <= result["top1_mean"] <= 100.0
 
 

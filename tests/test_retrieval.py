@@ -28,7 +28,7 @@ from vattcli.errors import VattError
 from vattcli.eval.embed import Embeddings
 from vattcli.eval.index import RetrievalIndex, resolve_index
 from vattcli.eval.query import encode_audio_file, encode_video_file
-from vattcli.train.checkpoint import save_checkpoint
+from vattcli.checkpoints import save_checkpoint
 from vattcli.train.config import PretrainConfig
 
 COLOURS = ["red", "green", "blue", "yellow"]

@@ -171,7 +171,7 @@ def test_raw_training_samples_are_uint8_and_finish_to_the_worker_result(toy_data
     from vattcli.data.pipeline import ClipSpec, PretrainDecoder, finish_batch
     from vattcli.data.reader import ShardDataset
     from vattcli.data.text import TextTokenizer
-    from vattcli.train.data import shard_urls
+    from vattcli.data.folders import shard_urls
 
     tokenizer = TextTokenizer.load(toy_data / "tokenizer.model")
     urls = shard_urls(toy_data / "shards/howto100m")

@@ -50,13 +50,12 @@ def build_model(name: str | Path | ModelConfig, *, device: str | torch.device | 
 def load_model(ckpt: str | Path, *, device: str | torch.device = "cpu", verify: bool = False) -> VATT:
     """A VATT from a pre-training checkpoint folder (``ckpt-*``, a run folder's latest, or ``RUN/ckpt-best``), in
     eval mode. The model's config is the one stored with the checkpoint; a tensor that does not fit is an error."""
+    from vattcli.checkpoints import find_checkpoint, load_weights, read_config
     from vattcli.config import from_dict
-    from vattcli.train.checkpoint import find_checkpoint, load_weights, read_config
-    from vattcli.train.config import PretrainConfig
 
     folder = find_checkpoint(str(ckpt), verify=verify)
     stored = read_config(folder)
-    cfg = from_dict(PretrainConfig, {"model": stored.get("model", {})}, source=str(folder / "config.yaml")).model
+    cfg = from_dict(ModelRecipe, {"model": stored.get("model", {})}, source=str(folder / "config.yaml")).model
     with torch.device(device):
         model = VATT(cfg)
     load_weights(model, folder)
@@ -66,8 +65,8 @@ def load_model(ckpt: str | Path, *, device: str | torch.device = "cpu", verify: 
 def load_tokenizer(ckpt: str | Path):
     """The caption tokenizer stored with a checkpoint (``tokenizer.model`` or ``tokenizer.txt``)."""
     from vattcli.data.text import TextTokenizer
+    from vattcli.checkpoints import find_checkpoint, tokenizer_path
     from vattcli.errors import CheckpointError
-    from vattcli.train.checkpoint import find_checkpoint, tokenizer_path
 
     folder = find_checkpoint(str(ckpt))
     path = tokenizer_path(folder)

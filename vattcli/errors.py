@@ -34,3 +34,7 @@ class DataError(VattError):
 
 class CheckpointError(VattError):
     """A checkpoint that is missing, incomplete, or does not fit the model."""
+
+
+class ConvertError(VattError):
+    """A TensorFlow checkpoint that cannot be read or mapped onto a vatt model (``vatt convert``)."""

@@ -220,7 +220,7 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out: str | os.PathLike[str],
     if fmt == "onnx":
         _require_onnx()
     from vattcli.api import load_model
-    from vattcli.train.checkpoint import find_checkpoint, read_config, tokenizer_path, weights_hash
+    from vattcli.checkpoints import find_checkpoint, read_config, tokenizer_path, weights_hash
 
     out = Path(out)
     for name in towers:

@@ -35,7 +35,7 @@ def evaluate(
     Retrieval: text->video and video->text, each video the mean of 4 clips; R@1/5/10, MedR, MeanR, pool size and
     missing clips. Classification: 4 windows x 3 crops with logits averaged (video), mAP/AUC/d' (AudioSet)."""
     from vattcli.eval.evaluate import report_table, run_retrieval, run_zero_shot
-    from vattcli.train.checkpoint import find_checkpoint
+    from vattcli.checkpoints import find_checkpoint
 
     folder = find_checkpoint(ckpt)
     out = out or folder.parent / f"eval-{task}.json"

@@ -64,7 +64,7 @@ def _build(name: str, data: Path | None, ckpt: Path | None, home: Path | None, o
     from vattcli.eval.embed import embed_clips
     from vattcli.eval.index import RetrievalIndex, check_target, resolve_index
     from vattcli.eval.query import clip_spec_from_checkpoint
-    from vattcli.train.checkpoint import find_checkpoint, tokenizer_path
+    from vattcli.checkpoints import find_checkpoint, tokenizer_path
 
     if data is None or ckpt is None:
         raise VattError("--build needs --data SHARDS and --ckpt CKPT")
@@ -85,7 +85,7 @@ def _search(index_name: str, home: Path | None, ckpt: Path | None, device: str, 
             video: Path | None, audio: Path | None, top_k: int, as_json: bool) -> None:
     from vattcli.api import load_model
     from vattcli.eval.index import RetrievalIndex
-    from vattcli.train.checkpoint import find_checkpoint
+    from vattcli.checkpoints import find_checkpoint
 
     index = RetrievalIndex.load(index_name, home=home)
     if ckpt is None and not index.checkpoint.is_dir():

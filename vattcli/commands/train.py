@@ -57,6 +57,7 @@ def finetune(
     from vattcli.config import dump_yaml, load_config
     from vattcli.train.config import FinetuneConfig
     from vattcli.train.finetune import run_finetune
+    from vattcli.train.probe_task import run_linear_probe
 
     items = list(overrides or [])
     if ckpt:
@@ -67,7 +68,10 @@ def finetune(
     if print_config:
         typer.echo(dump_yaml(cfg), nl=False)
         return
-    summary = run_finetune(cfg, resume=resume, console=console)
+    if cfg.head.linear_probe:
+        summary = run_linear_probe(cfg, console=console)
+    else:
+        summary = run_finetune(cfg, resume=resume, console=console)
     result = summary.get("eval") or {}
     if result:
         shown = {k: v for k, v in result.items() if isinstance(v, (int, float))}

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vattcli.core.model import VATT
 from vattcli.data.pipeline import ClipSpec, EvalViewsDecoder
 from vattcli.data.reader import ShardDataset
-from vattcli.train.data import shard_folder, shard_urls
+from vattcli.data.folders import shard_folder, shard_urls
 
 
 @dataclass

@@ -22,8 +22,8 @@ from vattcli.data.shards import read_manifest
 from vattcli.errors import DataError
 from vattcli.eval.embed import Embeddings, embed_clips
 from vattcli.eval.metrics import bidirectional_retrieval, topk_accuracy
-from vattcli.train.checkpoint import find_checkpoint, read_config, weights_hash
-from vattcli.train.data import manifest_classes, shard_folder
+from vattcli.checkpoints import find_checkpoint, read_config, weights_hash
+from vattcli.data.folders import manifest_classes, shard_folder
 
 # The paper's zero-shot numbers (R@10 and MedR) [P Tab 4].
 PAPER_RETRIEVAL = {

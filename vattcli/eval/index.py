@@ -147,7 +147,7 @@ class RetrievalIndex:
               tokenizer_sha256: str | None, model_name: str, overwrite: bool = False) -> "RetrievalIndex":
         """Write an index from ``embeddings`` (an ``Embeddings``: ``video_vt``, ``video_va``, ``meta``) into
         ``folder`` atomically: everything goes into a temporary sibling folder that is renamed when complete."""
-        from vattcli.train.checkpoint import find_checkpoint, weights_hash
+        from vattcli.checkpoints import find_checkpoint, weights_hash
 
         folder = Path(folder).expanduser()
         ckpt = find_checkpoint(ckpt)
@@ -194,7 +194,7 @@ class RetrievalIndex:
 
     def check_checkpoint(self, ckpt: str | os.PathLike[str]) -> None:
         """Refuse a checkpoint whose weights differ from those that built this index."""
-        from vattcli.train.checkpoint import find_checkpoint, weights_hash
+        from vattcli.checkpoints import find_checkpoint, weights_hash
 
         folder = find_checkpoint(ckpt)
         found = weights_hash(folder)

@@ -26,7 +26,7 @@ _SPEC_FIELDS = ("frames", "fps", "size", "audio_rate", "text_len", "eval_windows
 
 def clip_spec_from_checkpoint(ckpt: str | os.PathLike[str]) -> ClipSpec:
     """The clip shape the checkpoint was trained on, from the ``data`` section of its stored config."""
-    from vattcli.train.checkpoint import find_checkpoint, read_config
+    from vattcli.checkpoints import find_checkpoint, read_config
 
     folder = find_checkpoint(ckpt)
     data = read_config(folder).get("data")

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,19 @@ from torch.utils.data import DataLoader
 
 from vattcli.config import dump_yaml, write_config
 from vattcli.core.model import build_backbone
-from vattcli.core.tokenizers import resample_table
 from vattcli.data.pipeline import AudioDecoder, ClassifyDecoder, EvalViewsDecoder, ImageDecoder
 from vattcli.data.reader import ResumableLoader, ShardDataset
 from vattcli.data.shards import read_manifest
 from vattcli.data.transforms import mixup
 from vattcli.errors import ConfigError
 from vattcli.eval.classify import Classifier, evaluate_views, inverse_occurrence_sigmoid_loss, softmax_loss
-from vattcli.train.checkpoint import find_checkpoint, load_weights
+from vattcli.checkpoints import find_checkpoint, load_weights
 from vattcli.train.config import FinetuneConfig
-from vattcli.train.data import manifest_classes, shard_folder, shard_urls
+from vattcli.data.folders import manifest_classes, shard_folder, shard_urls
 from vattcli.train.distributed import init_distributed, shutdown, wrap_model
 from vattcli.train.loop import Trainer
+from vattcli.train.transfer import adopt_checkpoint_model, resample_positions
 from vattcli.train.pretrain import check_batch, clip_spec, loader_generator
-
-
-def resample_positions(name: str, saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
-    """Checkpoint-restore hook: spline-resample positional tables to the fine-tuning grid [C restore.py]."""
-    if "positions.tables." in name and saved.dim() == 2 and saved.shape[1] == own.shape[1]:
-        return resample_table(saved, own.shape[0])
-    return None
 
 
 def build_classifier(cfg: FinetuneConfig, num_classes: int, *, ckpt: str | None) -> Classifier:
@@ -114,30 +106,11 @@ def evaluate_classifier(model: Classifier, cfg: FinetuneConfig, num_classes: int
     return {**result, "missing": total - result["count"], "paper": cfg.paper}
 
 
-def adopt_checkpoint_model(cfg: FinetuneConfig, console: Console) -> FinetuneConfig:
-    """With ``ckpt``, the network is the checkpoint's (its sizes, vocabulary, MA or not); the recipe keeps the
-    fine-tuning settings: DropToken rate, positional grid, audio buckets, dropout."""
-    if not cfg.ckpt:
-        return cfg
-    from vattcli.config import from_dict
-    from vattcli.core.model import ModelConfig
-    from vattcli.train.checkpoint import read_config
-
-    folder = find_checkpoint(cfg.ckpt)
-    stored = from_dict(ModelConfig, read_config(folder).get("model", {}), source=str(folder / "config.yaml"))
-    model = replace(stored, droptoken_rate=cfg.model.droptoken_rate, video_grid=cfg.model.video_grid,
-                    audio_buckets=cfg.model.audio_buckets, dropout=cfg.model.dropout)
-    if stored.name != cfg.model.name:
-        console.print(f"using the architecture of {folder} ({stored.name}) rather than the recipe's {cfg.model.name}")
-    return replace(cfg, model=model)
-
-
 def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, console: Console | None = None) -> dict:
     """Fine-tune, then evaluate on ``data.val`` (4 x 3 views for video); writes ``eval.json`` in the run folder."""
     if cfg.head.linear_probe:
-        from vattcli.train.probe_task import run_linear_probe
-
-        return run_linear_probe(cfg, console=console)
+        raise ConfigError("head.linear_probe=true: run it with vattcli.train.probe_task.run_linear_probe "
+                          "(`vatt finetune TASK --linear-probe`)")
     info = init_distributed(cfg.train.device)
     console = console or Console(stderr=True)
     cfg = adopt_checkpoint_model(cfg, console)

@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 
 from vattcli.config import from_dict
-from vattcli.train.checkpoint import load_weights, read_config, weights_hash
+from vattcli.checkpoints import load_weights, read_config, weights_hash
 from vattcli.train.config import FinetuneConfig
 from vattcli.train.finetune import build_classifier, evaluate_classifier, task_classes
 

@@ -26,10 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from vattcli.checkpoints import (CheckpointManager, capture_rng, find_checkpoint, load_train_state, load_weights,
+                                 restore_rng)
 from vattcli.data.pipeline import finish_batch
 from vattcli.errors import CheckpointError, VattError
-from vattcli.train.checkpoint import (CheckpointManager, capture_rng, find_checkpoint, load_train_state, load_weights,
-                                      restore_rng)
 from vattcli.train.config import OptimConfig, TrainConfig
 from vattcli.train.distributed import DistInfo, all_reduce_mean, unwrap
 from vattcli.train.optim import build_optimizer, learning_rate, set_lr

@@ -20,7 +20,8 @@ from vattcli.data.pipeline import ClipSpec, PretrainDecoder
 from vattcli.data.reader import ResumableLoader
 from vattcli.errors import ConfigError
 from vattcli.train.config import DataConfig, PretrainConfig
-from vattcli.train.data import MixedShardDataset, SyntheticPretrainLoader, shard_folder, shard_urls
+from vattcli.data.folders import shard_folder, shard_urls
+from vattcli.train.data import MixedShardDataset, SyntheticPretrainLoader
 from vattcli.train.distributed import DistInfo, init_distributed, shutdown, wrap_model
 from vattcli.train.loop import Trainer
 

@@ -17,12 +17,12 @@ from vattcli.data.pipeline import AudioDecoder, EvalViewsDecoder
 from vattcli.data.shards import MANIFEST
 from vattcli.errors import ConfigError
 from vattcli.eval.probe import Features, extract_features, probe_accuracy, train_probe
-from vattcli.train.checkpoint import find_checkpoint, load_weights
-from vattcli.train.data import manifest_classes, shard_urls
+from vattcli.checkpoints import find_checkpoint, load_weights
+from vattcli.data.folders import manifest_classes, shard_urls
 from vattcli.train.config import FinetuneConfig
 from vattcli.train.distributed import pick_device
-from vattcli.train.finetune import adopt_checkpoint_model, resample_positions
 from vattcli.train.pretrain import clip_spec
+from vattcli.train.transfer import adopt_checkpoint_model, resample_positions
 
 
 def probe_splits(root: Path) -> list[tuple[list[str], str]]:

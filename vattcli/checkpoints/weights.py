@@ -153,6 +153,3 @@ def weights_hash(ckpt_dir: str | os.PathLike[str]) -> str:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read weights ({e.strerror})") from e
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- train state

@@ -15,95 +15,29 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
-import random
 import re
 import shutil
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
 
 import vattcli
+from vattcli.checkpoints.state import TRAIN_STATE, capture_rng, check_plain
+from vattcli.checkpoints.weights import WEIGHTS, _write_weights, listed, weights_hash
 from vattcli.errors import CheckpointError
-from vattcli.train.weights import (WEIGHTS, LoadResult, Reshape, _write_weights, listed, load_weights,
-                                   weights_hash)
-
-__all__ = ["CheckpointManager", "LoadResult", "Reshape", "capture_rng", "find_checkpoint", "is_complete",
-           "load_train_state", "load_weights", "read_config", "read_meta", "restore_rng", "save_checkpoint",
-           "tokenizer_path", "weights_hash"]
 
 FORMAT_VERSION = 1
 CONFIG = "config.yaml"
-TRAIN_STATE = "train_state.pt"
 META = "meta.json"
 BEST = "best.json"
 TOKENIZER_NAMES = {".model": "tokenizer.model", ".txt": "tokenizer.txt"}
 TMP_PREFIX = ".tmp-ckpt-"
 _CKPT_RE = re.compile(r"ckpt-(\d{8,})")
 _TMP_PID_RE = re.compile(re.escape(TMP_PREFIX) + r"\d+-(\d+)(?:\.old)?")
-
-def capture_rng() -> dict:
-    """RNG states of python ``random``, numpy's global generator, torch CPU and (when present) every CUDA device,
-    as types ``torch.load(weights_only=True)`` accepts (numpy's key array becomes an int64 tensor)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Mapping[str, Any]) -> None:
-    """Undo ``capture_rng``. CUDA states are restored for the devices both runs have."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, device)
-
-
-_PLAIN = (str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
-
-
-def _check_plain(obj: Any, where: str) -> None:
-    """Refuse, before writing, anything ``torch.load(weights_only=True)`` would refuse on resume."""
-    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
-        return
-    if type(obj) in (dict, OrderedDict):
-        for key, value in obj.items():
-            _check_plain(key, f"{where} key {key!r}")
-            _check_plain(value, f"{where}[{key!r}]")
-    elif type(obj) in (list, tuple, torch.Size):
-        for i, value in enumerate(obj):
-            _check_plain(value, f"{where}[{i}]")
-    else:
-        raise CheckpointError(f"{where}: {type(obj).__module__}.{type(obj).__qualname__} cannot go into "
-                              f"{TRAIN_STATE} (loaded with weights_only=True); use tensors, dicts, lists or numbers")
-
-
-def load_train_state(ckpt_dir: str | os.PathLike[str]) -> dict:
-    """The checkpoint's ``train_state.pt`` (``step``, ``rng`` and what the trainer stored), loaded weights-only."""
-    path = Path(ckpt_dir) / TRAIN_STATE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no training state in this checkpoint (saved without one?)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
-        raise CheckpointError(f"{path}: cannot load training state ({type(e).__name__})") from e
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -163,7 +97,7 @@ def _write_folder(folder: Path, step: int, model: nn.Module, config: str | Mappi
         shutil.copyfile(tokenizer, folder / _tokenizer_name(tokenizer))
     if train_state is not None:
         state = {"rng": capture_rng(), **train_state, "step": step}
-        _check_plain(state, "train_state")
+        check_plain(state, "train_state")
         torch.save(state, folder / TRAIN_STATE)
     files = sorted([*(p.name for p in folder.iterdir()), META])
     meta = {"format_version": FORMAT_VERSION, "vattcli_version": vattcli.__version__,
@@ -330,75 +264,3 @@ def find_checkpoint(spec: str | os.PathLike[str], run_dir: str | os.PathLike[str
     if record is None:
         raise CheckpointError(f"{run / BEST}: not found, so there is no best checkpoint (saved without a metric?)")
     return _checked(run / record["checkpoint"], verify)
-
-
-# ---------------------------------------------------------------------------------------------- manager
-
-def _remove(ckpt: Path) -> None:
-    """Rename out of the ``ckpt-*`` namespace first, so a crash mid-delete never leaves a partial checkpoint."""
-    trash = ckpt.with_name(f"{TMP_PREFIX}{ckpt.name[len('ckpt-'):]}-{os.getpid()}.old")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(ckpt, trash)
-    shutil.rmtree(trash)
-
-
-class CheckpointManager:
-    """Saves checkpoints into one run folder, keeping the last ``keep_last`` plus the best by a metric.
-
-    ``mode`` is ``"max"`` (higher metric is better) or ``"min"``. The best is recorded in ``best.json`` and never
-    deleted; ``keep_last=None`` keeps everything. Incomplete folders are left alone.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike[str], keep_last: int | None = 3, mode: str = "max") -> None:
-        if keep_last is not None and keep_last < 1:
-            raise CheckpointError(f"keep_last: expected at least 1 or None (keep all), got {keep_last}")
-        if mode not in ("max", "min"):
-            raise CheckpointError(f"checkpoint metric mode: expected 'max' or 'min', got {mode!r}")
-        self.run_dir = Path(run_dir)
-        self.keep_last = keep_last
-        self.mode = mode
-
-    def _is_better(self, metric: float) -> bool:
-        if not math.isfinite(metric):
-            return False
-        record = _best_record(self.run_dir) if self.run_dir.is_dir() else None
-        if record is None or record.get("metric") is None or not (self.run_dir / record["checkpoint"]).is_dir():
-            return True
-        return metric > record["metric"] if self.mode == "max" else metric < record["metric"]
-
-    def _mark_best(self, ckpt: Path, step: int, metric: float) -> None:
-        tmp = self.run_dir / f".{BEST}.{os.getpid()}"
-        record = {"checkpoint": ckpt.name, "step": step, "metric": metric, "mode": self.mode}
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        _fsync(tmp)
-        os.replace(tmp, self.run_dir / BEST)
-
-    def _prune(self) -> None:
-        if self.keep_last is None:
-            return
-        record = _best_record(self.run_dir)
-        best = record["checkpoint"] if record else None
-        complete = [p for _, p in _steps(self.run_dir) if (p / META).is_file()]
-        for ckpt in complete[self.keep_last:]:
-            if ckpt.name != best:
-                _remove(ckpt)
-
-    def save(self, step: int, model: nn.Module, *, config: str | Mapping | None = None,
-             tokenizer: str | os.PathLike[str] | None = None, train_state: Mapping[str, Any] | None = None,
-             metrics: Mapping[str, Any] | None = None, metric: float | None = None) -> Path:
-        """``save_checkpoint``, then update ``best.json`` when ``metric`` beats the best so far, then prune."""
-        ckpt = save_checkpoint(self.run_dir, step, model, config=config, tokenizer=tokenizer,
-                               train_state=train_state, metrics=metrics)
-        if metric is not None and self._is_better(float(metric)):
-            self._mark_best(ckpt, step, float(metric))
-        self._prune()
-        return ckpt
-
-    def latest(self, *, verify: bool = False) -> Path | None:
-        """Newest complete checkpoint, or None when the run has none yet (a fresh start)."""
-        return _latest(self.run_dir, verify)
-
-    def best(self) -> Path | None:
-        """The checkpoint ``best.json`` names, or None when no metric was given yet."""
-        record = _best_record(self.run_dir) if self.run_dir.is_dir() else None
-        return None if record is None else _checked(self.run_dir / record["checkpoint"], False)

@@ -1,0 +1,44 @@
+"""Shard folders written by ``vatt preprocess``: find the manifest, list its shards, read its class names.
+
+Every stage reads shards through these helpers (training, evaluation, index building), so they live in ``data/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vattcli.data.reader import expand_urls
+from vattcli.data.shards import MANIFEST, read_manifest
+from vattcli.errors import DataError
+
+
+def shard_folder(path: str | Path, split: str | None = None) -> Path:
+    """The folder holding a manifest: ``path`` itself, ``path/<split>``, or the only split folder under it."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    if split and (path / split / MANIFEST).is_file():
+        return path / split
+    subs = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
+    if len(subs) == 1:
+        return subs[0]
+    found = f"; found splits: {', '.join(p.name for p in subs)}" if subs else ""
+    raise DataError(f"{path}: no shards (expected {MANIFEST} from `vatt preprocess` here or in a split folder"
+                    f"{', e.g. ' + split if split else ''}){found}")
+
+
+def shard_urls(path: str | Path, split: str | None = None) -> list[str]:
+    """Shard files of a folder written by ``vatt preprocess`` (or a glob/brace pattern)."""
+    text = str(path)
+    if any(c in text for c in "*?{"):
+        return expand_urls(text)
+    folder = shard_folder(path, split)
+    shards = [str(folder / s["name"]) for s in read_manifest(folder)["shards"]]
+    if not shards:
+        raise DataError(f"{folder}: the manifest lists no shards (was the preprocessing run empty?)")
+    return shards
+
+
+def manifest_classes(path: str | Path, split: str | None = None) -> list[str] | None:
+    """The label names a classification adapter recorded in the shard manifest (None for caption sets)."""
+    return read_manifest(shard_folder(path, split)).get("settings", {}).get("classes")
