@@ -185,3 +185,43 @@ def test_bad_training_options_are_config_errors(tmp_path):
         train_tokenizer(["a red circle"], tmp_path / "t", vocab_size=16, model_type="wordpiece")
     with pytest.raises(ConfigError, match="vocab_size"):
         train_tokenizer(["a red circle"], tmp_path / "t", vocab_size=2)
+
+
+# ---------------------------------------------------------------------------------- DMVR WordTokenizer, exactly
+
+DMVR_VOCAB = "0 <pad>\n1 <bos>\n2 <eos>\n3 <unk>\n4 cut\n5 the\n6 onions\n7 dont\n8 école\n9 über\n"
+
+
+@pytest.fixture()
+def dmvr(tmp_path):
+    path = tmp_path / "howto100m_en.txt"
+    path.write_text(DMVR_VOCAB, encoding="utf-8")
+    return TextTokenizer.load(path)
+
+
+def _row(*ids: int) -> list[int]:
+    return list(ids) + [0] * (16 - len(ids))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Cut the ONIONS!", _row(4, 5, 6)),            # ASCII upper-case folded, punctuation removed
+    ("don't", _row(7)),                            # punctuation deleted inside a word, not split on
+    ("cut-the", _row(3)),                          # "cutthe" is one unknown word
+    ("école", _row(8)),
+    ("ÉCOLE", _row(3)),                            # tf.strings.lower folds ASCII only: "École" is unknown
+    ("Über über", _row(3, 9)),
+    ("banana the", _row(3, 5)),                    # unknown word -> <unk>, never padding
+    ("cut\u00a0the\tonions\n", _row(4, 5, 6)),     # Unicode whitespace splits words
+    (" ".join(["cut"] * 20), [4] * 16),            # more than 16 words: cut to 16, no EOS
+    ("", _row()),                                  # empty text: all padding
+    ("...", _row()),                               # punctuation only: no words at all
+])
+def test_dmvr_word_tokenizer_hand_written(dmvr, text, expected):
+    assert dmvr.encode([text]).tolist() == [expected]
+
+
+def test_text_that_was_not_utf8_is_one_clear_error(dmvr, sp_model):
+    undecodable = b"cut \xff onions".decode("utf-8", "surrogateescape")
+    for tok in (dmvr, TextTokenizer.load(sp_model[0])):
+        with pytest.raises(DataError, match="not valid UTF-8"):
+            tok.encode([undecodable])

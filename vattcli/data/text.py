@@ -221,9 +221,9 @@ class _WordVocab:
 
     File: one entry a line, either ``word`` (id = line index) or ``id word``; words must be lower
     case and unique. ``<pad>`` must have id 0 (VATT masks id 0) and ``<unk>`` must exist; ``<bos>``
-    and ``<eos>`` are optional because VATT never adds them. Encoding deletes ASCII punctuation
-    (DMVR's ``[[:punct:]]``, so "don't" -> "dont"), lowercases, splits on whitespace and maps
-    unknown words to ``<unk>``. ``vocab_size`` is the largest id + 1 (the embedding table size).
+    and ``<eos>`` are optional because VATT never adds them. Encoding is ``dmvr_words`` then a
+    lookup, unknown words to ``<unk>``. ``vocab_size`` is the largest id + 1 (the embedding table
+    size).
     """
 
     kind = "word"
@@ -243,9 +243,7 @@ class _WordVocab:
         self.vocab_size = max(self._id2word) + 1
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
-        return [
-            [self._word2id.get(w, self.unk_id) for w in t.translate(_PUNCTUATION).lower().split()] for t in texts
-        ]
+        return [[self._word2id.get(w, self.unk_id) for w in dmvr_words(t)] for t in texts]
 
     def decode(self, ids: list[int]) -> str:
         words = []
@@ -254,6 +252,17 @@ class _WordVocab:
                 break
             words.append(self._id2word.get(i, "<unk>"))
         return " ".join(words)
+
+
+_ASCII_UPPER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def dmvr_words(text: str) -> list[str]:
+    """The words DMVR's ``WordTokenizer.string_tensor_to_indices`` looks up [DMVR tokenizers.py]: ASCII
+    punctuation deleted (RE2 ``[[:punct:]]``, so "don't" -> "dont"), then ``tf.strings.lower``, which
+    lower-cases ASCII letters only ("ÉCOLE" -> "École", which no lower-case vocabulary holds), then
+    ``tensorflow_text.WhitespaceTokenizer``, which splits on Unicode whitespace as ``str.split`` does."""
+    return text.translate(_PUNCTUATION).translate(_ASCII_UPPER).split()
 
 
 def _parse_word_vocab(text: str, source: Path) -> dict[str, int]:
@@ -326,6 +335,8 @@ class TextTokenizer:
         """Ids of shape (N, max_len), int64, clipped or right-padded with 0 [P A.2.1]."""
         if isinstance(texts, str):
             raise TypeError("encode expects a list of captions, not a single string")
+        for text in texts:
+            _check_text(text)
         out = np.zeros((len(texts), max_len), dtype=np.int64)
         for row, ids in enumerate(self._vocab.ids(texts)):
             ids = ids[:max_len]
@@ -346,6 +357,17 @@ class TextTokenizer:
         dst = dst_dir / self._vocab.file_name
         dst.write_bytes(self._data)
         return dst
+
+
+def _check_text(text: str) -> None:
+    """Refuse text that is not valid Unicode: bytes that were not UTF-8 reach Python (``sys.argv``, files
+    read with ``surrogateescape``) as lone surrogates, which SentencePiece cannot encode."""
+    if not isinstance(text, str):
+        raise DataError(f"text must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"text {text[:40]!r} is not valid UTF-8 (byte {exc.start}); re-encode it as UTF-8") from None
 
 
 def _tokenizer_file_in(folder: Path) -> Path:
