@@ -18,7 +18,7 @@ from vattcli.data.adapters import get_adapter
 from vattcli.data.adapters.base import Skip, WorkItem
 from vattcli.data.media import decode_clip
 from vattcli.data.preprocess import Settings, run_preprocess
-from vattcli.data.reader import iter_tar_samples
+from vattcli.data.shardfiles import iter_tar_samples
 from vattcli.data.shards import read_manifest
 from vattcli.errors import DataError
 

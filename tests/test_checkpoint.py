@@ -277,9 +277,9 @@ def test_weights_hash_tracks_weights_and_verify_catches_tampering(tmp_path: Path
     data = bytearray((b / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (b / "model.safetensors").write_bytes(bytes(data))
-    assert ck.find_checkpoint(b) == b
+    assert ck.find_checkpoint(b, verify=False) == b
     with pytest.raises(CheckpointError, match="sha256 does not match"):
-        ck.find_checkpoint(b, verify=True)
+        ck.find_checkpoint(b)  # verified by default
 
 
 def test_folder_contents_and_meta(tmp_path: Path) -> None:

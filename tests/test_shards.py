@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vattcli.data.reader import ResumableLoader, ShardDataset, expand_urls
+from vattcli.data.reader import MAX_UNDECODED_IN_A_ROW, ResumableLoader, ShardDataset
+from vattcli.data.shardfiles import expand_urls
 from vattcli.data.shards import ShardWriter, read_manifest
 from vattcli.errors import DataError, MediaError
 
@@ -163,7 +164,7 @@ def test_refuses_a_folder_with_other_data(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match=r"notes\.txt.*overwrite=True"):
+    with pytest.raises(DataError, match=r"notes\.txt.*--overwrite"):
         ShardWriter(out, prefix="train")
     _write(out, n=3, max_samples=2, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
@@ -315,3 +316,30 @@ def test_corrupt_shards_members_and_decode_errors_are_skipped_and_counted(tmp_pa
     assert list(loader) == expected
     assert loader.skipped == {"corrupt_shard": 3, "bad_member": 1, "decode_error": 1}
     assert list(ShardDataset(urls, epochs=1, decode=decode)) == expected
+
+
+def test_an_endless_stream_in_which_nothing_decodes_stops_with_one_line(tmp_path: Path) -> None:
+    folder = _write(tmp_path / "s", 5, max_samples=2)
+    calls = []
+
+    def never(sample: dict) -> dict:
+        calls.append(sample["__key__"])
+        raise MediaError(f"{sample['__key__']}: wrong clip size for this model")
+
+    dataset = ShardDataset(expand_urls(str(folder)), decode=never, resampled=True)  # endless: never runs dry
+    with pytest.raises(DataError, match=rf"{MAX_UNDECODED_IN_A_ROW} samples in a row could not be decoded"):
+        next(iter(dataset))
+    assert len(calls) == MAX_UNDECODED_IN_A_ROW
+
+
+def test_decode_failures_between_successes_do_not_stop_the_stream(tmp_path: Path) -> None:
+    folder = _write(tmp_path / "s", 4, max_samples=2)
+
+    def every_other(sample: dict) -> dict:
+        if sample["__index__"] % 2:
+            raise MediaError("odd one out")
+        return sample
+
+    dataset = ShardDataset(expand_urls(str(folder)), decode=every_other, resampled=True)
+    taken = list(itertools.islice(iter(dataset), 3 * MAX_UNDECODED_IN_A_ROW))
+    assert len(taken) == 3 * MAX_UNDECODED_IN_A_ROW

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from vattcli.data.media import decode_clip
-from vattcli.data.reader import iter_tar_samples
+from vattcli.data.shardfiles import iter_tar_samples
 from vattcli.data.shards import read_manifest
 from vattcli.data.text import TextTokenizer
 from vattcli.data.toy import build_toy, howto_set, render

@@ -13,7 +13,7 @@ import torch
 
 from vattcli.config import ModelRecipe, list_recipes, load_config, to_dict
 from vattcli.core.flops import FlopCount, estimate_flops
-from vattcli.core.model import VATT, ModelConfig
+from vattcli.core.model import VATT, Classifier, ModelConfig, build_backbone
 
 __all__ = ["build_model", "load_model", "load_tokenizer", "model_config", "list_models", "estimate_flops", "FlopCount",
            "VATT", "ModelConfig"]
@@ -47,9 +47,11 @@ def build_model(name: str | Path | ModelConfig, *, device: str | torch.device | 
         return VATT(cfg)
 
 
-def load_model(ckpt: str | Path, *, device: str | torch.device = "cpu", verify: bool = False) -> VATT:
-    """A VATT from a pre-training checkpoint folder (``ckpt-*``, a run folder's latest, or ``RUN/ckpt-best``), in
-    eval mode. The model's config is the one stored with the checkpoint; a tensor that does not fit is an error."""
+def load_model(ckpt: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> VATT | Classifier:
+    """The model of a checkpoint folder (``ckpt-*``, a run folder's latest, ``RUN/ckpt-best``, or a ``vatt convert``
+    output), in eval mode: a VATT for a pre-training checkpoint, the ``Classifier`` for a fine-tuned one. The model's
+    config is the one stored with the checkpoint; a tensor that does not fit is an error. ``verify`` first checks the
+    weights' sha256 against ``meta.json`` (design.md, Checkpoints); a process hashes an unchanged file only once."""
     from vattcli.checkpoints import find_checkpoint, load_weights, read_config
     from vattcli.config import from_dict
 
@@ -57,18 +59,31 @@ def load_model(ckpt: str | Path, *, device: str | torch.device = "cpu", verify: 
     stored = read_config(folder)
     cfg = from_dict(ModelRecipe, {"model": stored.get("model", {})}, source=str(folder / "config.yaml")).model
     with torch.device(device):
-        model = VATT(cfg)
+        model = _classifier(folder, cfg, stored) if "task" in stored else VATT(cfg)
     load_weights(model, folder)
     return model.eval()
 
 
-def load_tokenizer(ckpt: str | Path):
-    """The caption tokenizer stored with a checkpoint (``tokenizer.model`` or ``tokenizer.txt``)."""
+def _classifier(folder: Path, cfg: ModelConfig, stored: dict) -> Classifier:
+    """The fine-tuned classifier a fine-tuning checkpoint holds; its class count is the stored head's."""
+    from safetensors import safe_open
+
+    from vattcli.checkpoints import WEIGHTS
+
+    with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+        num_classes = f.get_slice("head.fc.weight").get_shape()[0] if "head.fc.weight" in f.keys() else 0
+    modality = "audio" if stored.get("modality") == "audio" else "video"
+    return Classifier(build_backbone(cfg, modality), max(num_classes, 1))
+
+
+def load_tokenizer(ckpt: str | Path, *, verify: bool = True):
+    """The caption tokenizer stored with a checkpoint (``tokenizer.model`` or ``tokenizer.txt``); ``verify`` as in
+    ``load_model`` (free after ``load_model`` of the same checkpoint)."""
     from vattcli.data.text import TextTokenizer
     from vattcli.checkpoints import find_checkpoint, tokenizer_path
     from vattcli.errors import CheckpointError
 
-    folder = find_checkpoint(str(ckpt))
+    folder = find_checkpoint(str(ckpt), verify=verify)
     path = tokenizer_path(folder)
     if path is None:
         raise CheckpointError(f"{folder}: no tokenizer stored with this checkpoint")

@@ -2,14 +2,16 @@
 
 A recipe is a YAML mapping whose keys are the fields of a config dataclass. A ``model:`` entry may name a model recipe
 (``model: vatt-bbs`` reads ``recipes/models/vatt-bbs.yaml``); there is no other inheritance. Overrides such as
-``model.droptoken_rate=0.25`` or ``model.video=medium`` are parsed as YAML scalars and applied on top. Unknown keys and
-wrong types are rejected with one line naming the key, the file, and the closest known key.
+``model.droptoken_rate=0.25`` or ``model.video=medium`` are parsed as YAML scalars and applied on top. Unknown keys,
+wrong types and numbers outside their range (``RANGES``: one table for every config class) are rejected with one line
+naming the key, the file, and the closest known key or the expected range.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -169,8 +171,85 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """A numeric range: ``low`` and ``high`` (None: unbounded), each inclusive unless ``low_open``/``high_open``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+COUNT = Bound(1)  # sizes, lengths, periods: at least 1
+NON_NEGATIVE = Bound(0)  # optional amounts: 0 means none
+POSITIVE = Bound(0, low_open=True)  # rates and scales that must not vanish
+RATE = Bound(0, 1, high_open=True)  # dropout, DropToken, smoothing, Adam betas: a probability below 1
+KEPT = Bound(0, 1, low_open=True)  # a fraction kept: more than nothing, at most all
+
+# The range of every numeric field, per config class (by name: ``vattcli.train.config`` sits above this module).
+# Tuples and mappings (``video_patch``, ``data.weights``) are checked element by element; None passes (unset).
+RANGES: dict[str, dict[str, Bound]] = {
+    "BackboneSpec": dict.fromkeys(("num_layers", "d_model", "d_ff", "num_heads", "d_kv"), COUNT),
+    "ModelConfig": {
+        **dict.fromkeys(("post_projection", "video_patch", "video_grid", "audio_patch", "audio_buckets",
+                         "text_buckets", "vocab_size", "word_dim", "d_va", "d_vt", "relative_buckets",
+                         "relative_max_distance"), COUNT),
+        "dropout": RATE, "droptoken_rate": RATE},
+    "DataConfig": {
+        **dict.fromkeys(("batch_size", "frames", "size", "audio_rate", "num_captions", "text_len", "eval_windows",
+                         "eval_crops"), COUNT),
+        "num_workers": NON_NEGATIVE, "shuffle_buffer": NON_NEGATIVE, "audio_noise": NON_NEGATIVE,
+        "weights": NON_NEGATIVE, "fps": POSITIVE},
+    "OptimConfig": {"lr": POSITIVE, "end_lr": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "momentum": RATE,
+                    "betas": RATE, "eps": POSITIVE, "weight_decay": NON_NEGATIVE, "clip_norm": POSITIVE},
+    "TrainConfig": {
+        **dict.fromkeys(("steps", "grad_accum", "log_every", "ckpt_every", "keep_last", "max_bad_steps"), COUNT),
+        "seed": NON_NEGATIVE, "peak_tflops": POSITIVE},
+    "LossConfig": {"va_weight": NON_NEGATIVE, "vt_weight": NON_NEGATIVE, "temperature": POSITIVE},
+    "HeadConfig": {"dropout": RATE, "label_smoothing": RATE, "mixup_alpha": POSITIVE, "probe_rank": COUNT,
+                   "probe_keep": KEPT},
+}
+
+
+def _numbers(value: Any, where: str) -> typing.Iterator[tuple[str, Any]]:
+    """``(key, value)`` for a scalar, each element of a tuple/list and each value of a mapping; None is skipped."""
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, f"{where}.{key}")
+    elif value is not None:
+        yield where, value
+
+
+def check_ranges(obj: Any, *, source: str = "<config>", prefix: str = "") -> None:
+    """Refuse a field of ``obj`` outside its range in ``RANGES`` with one line naming the key and the range."""
+    for name, bound in RANGES.get(type(obj).__name__, {}).items():
+        for key, value in _numbers(getattr(obj, name), f"{prefix}{name}"):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number:
+                raise ConfigError(f"{source}: {key}={value!r}: expected a number {bound}")
+            if not bound.holds(value):
+                raise ConfigError(f"{source}: {key}={value!r} is out of range (expected {bound})")
+
+
 def from_dict(cls: type[T], data: dict, *, source: str = "<config>", prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types with one clear line."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys, wrong types and values outside ``RANGES`` with
+    one clear line."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
@@ -181,9 +260,11 @@ def from_dict(cls: type[T], data: dict, *, source: str = "<config>", prefix: str
             raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}", source)
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
+    check_ranges(obj, source=source, prefix=prefix)
+    return obj
 
 
 def to_dict(obj: Any) -> Any:

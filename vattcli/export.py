@@ -212,8 +212,10 @@ def _require_onnx() -> None:
 
 
 def export_checkpoint(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], *, fmt: str = "safetensors",
-                      tower: str = "all", overwrite: bool = False) -> list[Path]:
-    """Export ``tower`` (video, audio, text, a comma list, or all) of checkpoint ``ckpt`` into ``out/<tower>/``."""
+                      tower: str = "all", overwrite: bool = False, verify: bool = True) -> list[Path]:
+    """Export ``tower`` (video, audio, text, a comma list, or all) of checkpoint ``ckpt`` into ``out/<tower>/``.
+
+    ``verify`` checks the weights' sha256 against the checkpoint's ``meta.json`` first (``--no-verify`` skips it)."""
     towers = parse_towers(tower)
     if fmt not in FORMATS:
         raise VattError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -226,8 +228,8 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out: str | os.PathLike[str],
     for name in towers:
         if (out / name).exists() and not overwrite:
             raise VattError(f"{out / name}: already exists; pass --overwrite to replace it")
-    folder = find_checkpoint(ckpt)
-    model = load_model(folder)
+    folder = find_checkpoint(ckpt, verify=verify)
+    model = load_model(folder, verify=verify)
     data = read_config(folder).get("data")
     source = {"checkpoint": str(folder.resolve()), "weights_hash": weights_hash(folder),
               "shapes": input_shapes(model.config, data if isinstance(data, dict) else None),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -75,8 +77,16 @@ def _unique_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def _write_weights(path: Path, model: nn.Module) -> None:
+    """Write the safetensors file; a failed write is the ``OSError`` behind it (safetensors reports it as a
+    ``SafetensorError`` that only names the errno in its text, "... (os error 28)")."""
     tensors, aliases = _unique_tensors(model)
-    save_file(tensors, str(path), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -142,14 +152,37 @@ def load_weights(model: nn.Module, ckpt_dir: str | os.PathLike[str], *, strict: 
     return LoadResult(missing, unexpected, reshaped)
 
 
-def weights_hash(ckpt_dir: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of ``model.safetensors``."""
-    path = Path(ckpt_dir) / WEIGHTS
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_HASHES: dict[tuple, str] = {}
+_SETTLED_NS = 1_000_000_000
+
+
+def weights_hash(ckpt_dir: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of ``model.safetensors``, read once per process while the file stays the same.
+
+    One command finds, verifies, loads and records a checkpoint through several functions; the digest is kept by
+    (path, device, inode, size, mtime, ctime), so the file is hashed once. As git does for racily clean files, a
+    digest is kept only when the file had not changed for a second before hashing began: a later write then always
+    moves its mtime/ctime, even on file systems whose clocks tick in milliseconds.
+    """
+    path = Path(ckpt_dir) / WEIGHTS
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in _HASHES:
+            return _HASHES[key]
+        started = time.time_ns()
+        digest = file_sha256(path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read weights ({e.strerror})") from e
-    return digest.hexdigest()
+    if max(st.st_mtime_ns, st.st_ctime_ns) < started - _SETTLED_NS:
+        _HASHES[key] = digest
+    return digest

@@ -29,6 +29,8 @@ def evaluate(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, help="Decoding worker processes."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip checking the weights against the sha256 in the "
+                                   "checkpoint's meta.json."),
 ) -> None:
     """Evaluate a checkpoint with the paper's protocols and show our numbers beside the paper's.
 
@@ -37,21 +39,23 @@ def evaluate(
     from vattcli.eval.evaluate import report_table, run_retrieval, run_zero_shot
     from vattcli.checkpoints import find_checkpoint
 
-    folder = find_checkpoint(ckpt)
+    verify = not no_verify
+    folder = find_checkpoint(ckpt, verify=verify)
     out = out or folder.parent / f"eval-{task}.json"
     if task in RETRIEVAL or (index and not zero_shot):
-        run = run_retrieval(task, str(folder), data, out=out, device=device, num_workers=workers, console=console)
+        run = run_retrieval(task, str(folder), data, out=out, device=device, num_workers=workers, console=console,
+                            verify=verify)
         if index:
             from vattcli.eval.index import RetrievalIndex, resolve_index
 
             built = RetrievalIndex.build(resolve_index(index), run["embeddings"], ckpt=folder,
                                          tokenizer_sha256=run["tokenizer"].sha256, model_name=run["model"].config.name,
-                                         overwrite=True)
+                                         overwrite=True, verify=verify)
             console.print(f"index saved: {getattr(built, 'folder', index)}")
         result = run["result"]
     elif zero_shot:
         result = run_zero_shot(task, str(folder), data, out=out, device=device, num_workers=workers,
-                               template=template, console=console)["result"]
+                               template=template, console=console, verify=verify)["result"]
     else:
         from vattcli.train.finetune_eval import evaluate_finetuned
 

@@ -16,11 +16,13 @@ def export(
     tower: str = typer.Option("all", "--tower", help="video, audio, text or all."),
     out: Path = typer.Option(..., "--out", help="Output folder; each tower goes into OUT/<tower>/."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace tower folders that already exist."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip checking the weights against the sha256 in the "
+                                   "checkpoint's meta.json."),
 ) -> None:
     """Export towers with the heads that reach the common spaces (video: S_va and S_vt; audio: S_va; text: S_vt).
 
     Load a safetensors tower with [bold]vattcli.export.load_tower(OUT/<tower>)[/]; it needs only vattcli.core."""
     from vattcli.export import export_checkpoint
 
-    for path in export_checkpoint(ckpt, out, fmt=fmt, tower=tower, overwrite=overwrite):
+    for path in export_checkpoint(ckpt, out, fmt=fmt, tower=tower, overwrite=overwrite, verify=not no_verify):
         console.print(f"[green]exported[/] {path}")

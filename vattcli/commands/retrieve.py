@@ -38,6 +38,8 @@ def retrieve(
     index_home: Optional[Path] = typer.Option(None, "--index-home", help="Where index names live (default: "
                                               "$VATT_HOME/indexes, with VATT_HOME defaulting to ~/.vatt)."),
     device: str = typer.Option("cpu", "--device", help="Torch device for the model (cpu, cuda, cuda:1)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip checking the checkpoint's weights against the "
+                                   "sha256 in its meta.json."),
 ) -> None:
     """Zero-shot retrieval over an index of clip embeddings [P §4.2.4].
 
@@ -49,16 +51,17 @@ def retrieve(
         raise VattError("give exactly one of a text query, --video, --audio or --build"
                         + (f" (got {' and '.join(modes)})" if modes else ""))
     if build is not None:
-        _build(build, data, ckpt, index_home, overwrite, device)
+        _build(build, data, ckpt, index_home, overwrite, device, not no_verify)
         return
     if index is None:
         raise VattError("--index NAME_OR_PATH is required to search (see `vatt retrieve --help`)")
     if data is not None or overwrite:
         raise VattError("--data and --overwrite only go with --build")
-    _search(index, index_home, ckpt, device, query, video, audio, top_k, as_json)
+    _search(index, index_home, ckpt, device, query, video, audio, top_k, as_json, not no_verify)
 
 
-def _build(name: str, data: Path | None, ckpt: Path | None, home: Path | None, overwrite: bool, device: str) -> None:
+def _build(name: str, data: Path | None, ckpt: Path | None, home: Path | None, overwrite: bool, device: str,
+           verify: bool) -> None:
     from vattcli.api import load_model
     from vattcli.data.text import TextTokenizer
     from vattcli.eval.embed import embed_clips
@@ -70,19 +73,19 @@ def _build(name: str, data: Path | None, ckpt: Path | None, home: Path | None, o
         raise VattError("--build needs --data SHARDS and --ckpt CKPT")
     target = resolve_index(name, home)
     check_target(target, overwrite)
-    folder = find_checkpoint(ckpt)
+    folder = find_checkpoint(ckpt, verify=verify)
     spec = clip_spec_from_checkpoint(folder)
-    model = load_model(folder, device=device)
+    model = load_model(folder, device=device, verify=verify)
     tok_file = tokenizer_path(folder)
     tokenizer = TextTokenizer.load(tok_file) if tok_file is not None else None
     embeddings = embed_clips(model, data, spec, tokenizer, device=device, console=err_console)
     built = RetrievalIndex.build(target, embeddings, ckpt=folder, tokenizer_sha256=tokenizer and tokenizer.sha256,
-                                 model_name=model.config.name, overwrite=overwrite)
+                                 model_name=model.config.name, overwrite=overwrite, verify=verify)
     err_console.print(f"[green]built[/] index {built.folder} ({len(built)} clips) with {folder}")
 
 
 def _search(index_name: str, home: Path | None, ckpt: Path | None, device: str, text: str | None,
-            video: Path | None, audio: Path | None, top_k: int, as_json: bool) -> None:
+            video: Path | None, audio: Path | None, top_k: int, as_json: bool, verify: bool) -> None:
     from vattcli.api import load_model
     from vattcli.eval.index import RetrievalIndex
     from vattcli.checkpoints import find_checkpoint
@@ -91,10 +94,10 @@ def _search(index_name: str, home: Path | None, ckpt: Path | None, device: str, 
     if ckpt is None and not index.checkpoint.is_dir():
         raise VattError(f"{index.checkpoint}: the checkpoint that built index {index.name!r} is gone; pass --ckpt "
                         "with a copy of it")
-    ckpt = find_checkpoint(ckpt or index.checkpoint)
-    index.check_checkpoint(ckpt)
-    model = load_model(ckpt, device=device)
-    space, described, vector = _encode_query(model, ckpt, index, text, video, audio)
+    ckpt = find_checkpoint(ckpt or index.checkpoint, verify=verify)
+    index.check_checkpoint(ckpt, verify=verify)
+    model = load_model(ckpt, device=device, verify=verify)
+    space, described, vector = _encode_query(model, ckpt, index, text, video, audio, verify)
     hits = index.search(vector, space=space, top_k=top_k)
     if as_json:
         results = [{"rank": h.rank, "score": h.score, **h.item} for h in hits]
@@ -105,7 +108,7 @@ def _search(index_name: str, home: Path | None, ckpt: Path | None, device: str, 
 
 
 def _encode_query(model: Any, ckpt: Path, index: Any, text: str | None, video: Path | None,
-                  audio: Path | None) -> tuple[str, dict[str, str], Any]:
+                  audio: Path | None, verify: bool) -> tuple[str, dict[str, str], Any]:
     """(space, the query as shown, its embedding): text -> S_vt; a video or audio file -> S_va."""
     from vattcli.api import load_tokenizer
     from vattcli.eval.query import clip_spec_from_checkpoint, encode_audio_file, encode_text, encode_video_file
@@ -115,7 +118,7 @@ def _encode_query(model: Any, ckpt: Path, index: Any, text: str | None, video: P
         return "va", {"video": os.fspath(video)}, encode_video_file(model, video, spec)
     if audio is not None:
         return "va", {"audio": os.fspath(audio)}, encode_audio_file(model, audio, spec)
-    tokenizer = load_tokenizer(ckpt)
+    tokenizer = load_tokenizer(ckpt, verify=verify)
     if index.tokenizer_sha256 and tokenizer.sha256 != index.tokenizer_sha256:
         raise VattError(f"{ckpt}: tokenizer sha256 {tokenizer.sha256} differs from {index.tokenizer_sha256}, "
                         f"the one index {index.name!r} was built with")

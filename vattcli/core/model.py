@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vattcli.core.backbones import SharedTextBackbone, SignalBackbone, T5TextBackbone
-from vattcli.core.heads import FineCoarseHead
+from vattcli.core.heads import ClassificationHead, FineCoarseHead
 from vattcli.core.layers import Encoder, T5Encoder
 from vattcli.core.tokenizers import DropToken, PositionalTables, VideoTubelets, WaveformPatches, WordEmbedding
 
@@ -147,3 +147,21 @@ class VATT(nn.Module):
     def num_params(self, module: nn.Module | None = None) -> int:
         """Parameters counted once each (the MA encoder is shared by three backbones)."""
         return sum(p.numel() for p in {id(p): p for p in (module or self).parameters()}.values())
+
+
+class Classifier(nn.Module):
+    """A fine-tuned classifier [P §4.2; C video/factory.py, audio/factory.py]: a backbone's AGG feature ->
+    dropout -> Dense(C). Input (B, ...) or, for evaluation, (B, V, ...) views whose logits are averaged."""
+
+    def __init__(self, backbone: SignalBackbone, num_classes: int, *, dropout: float = 0.5,
+                 bias_init: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = ClassificationHead(backbone.out_dim, num_classes, dropout=dropout, bias_init=bias_init)
+
+    def forward(self, x: torch.Tensor, *, views: bool = False) -> torch.Tensor:
+        if not views:
+            return self.head(self.backbone(x).pooled)
+        b, v = x.shape[:2]
+        logits = self.head(self.backbone(x.flatten(0, 1)).pooled)
+        return logits.view(b, v, -1).mean(1)

@@ -5,11 +5,14 @@ Every stage reads shards through these helpers (training, evaluation, index buil
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from vattcli.data.reader import expand_urls
+from vattcli.data.shardfiles import expand_urls
 from vattcli.data.shards import MANIFEST, read_manifest
 from vattcli.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def shard_folder(path: str | Path, split: str | None = None) -> Path:
@@ -27,13 +30,28 @@ def shard_folder(path: str | Path, split: str | None = None) -> Path:
                     f"{', e.g. ' + split if split else ''}){found}")
 
 
-def shard_urls(path: str | Path, split: str | None = None) -> list[str]:
-    """Shard files of a folder written by ``vatt preprocess`` (or a glob/brace pattern)."""
+def shard_urls(path: str | Path, split: str | None = None, *, allow_incomplete: bool = False) -> list[str]:
+    """Shard files of a folder written by ``vatt preprocess`` (or a glob/brace pattern).
+
+    A folder whose manifest says ``complete: false`` (an interrupted `vatt preprocess`) holds valid shards but only
+    part of the set: it is refused unless ``allow_incomplete`` (training: ``data.allow_incomplete=true``), and then
+    used with a warning line. Evaluation and index building pass ``allow_incomplete=True``: their reports give the
+    pool size and the missing clips, so a partial set shows in every figure they print.
+    """
     text = str(path)
     if any(c in text for c in "*?{"):
         return expand_urls(text)
     folder = shard_folder(path, split)
-    shards = [str(folder / s["name"]) for s in read_manifest(folder)["shards"]]
+    manifest = read_manifest(folder)
+    if manifest.get("complete") is False:
+        held = f"{manifest['counts'].get('written', '?')} samples in {len(manifest['shards'])} shards"
+        if not allow_incomplete:
+            raise DataError(f"{folder}: incomplete shard folder (manifest says complete: false; {held}, from an "
+                            "interrupted `vatt preprocess`); finish it with `vatt preprocess ... --resume` or use it "
+                            "as it is with data.allow_incomplete=true")
+        log.warning("%s: incomplete shard folder (%s, from an interrupted `vatt preprocess`); using what it holds",
+                    folder, held)
+    shards = [str(folder / s["name"]) for s in manifest["shards"]]
     if not shards:
         raise DataError(f"{folder}: the manifest lists no shards (was the preprocessing run empty?)")
     return shards

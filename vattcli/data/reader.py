@@ -16,24 +16,18 @@ worker's stream from the start of its saved epoch, drops the samples already con
 rotates the worker numbering so the DataLoader's first worker serves the stream that was next. The continuation then
 equals the uninterrupted sequence, for any ``num_workers`` (the same one as when saved), with or without batching.
 
-Samples are dicts ``{"__key__", "__shard__", "__index__" (position in its shard), ext: bytes}``; ``json`` members are
-parsed. Tar members are read in memory in streaming mode, never extracted. A corrupt shard or member is skipped with
-a logged warning and counted in ``skipped`` (reason -> count), never fatal.
+Samples come from ``vattcli.data.shardfiles.iter_tar_samples``: a corrupt shard or member is skipped with a logged
+warning and counted in ``skipped`` (reason -> count), never fatal.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import logging
 import math
 import os
 import random
-import re
-import tarfile
 from collections import Counter
 from itertools import chain
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -41,136 +35,30 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from torch.utils.data._utils.collate import default_convert
 
 from vattcli.data.media import set_decoder_threads
-from vattcli.data.shards import MANIFEST, read_manifest
+from vattcli.data.shardfiles import expand_urls, iter_tar_samples
 from vattcli.errors import DataError, VattError
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"(\d+)\.\.(\d+)")
 _UNDECODED = object()
+# an endless stream in which nothing decodes (wrong data settings, every file bad) stops instead of spinning
+MAX_UNDECODED_IN_A_ROW = 256
 
 Tag = tuple[int, int, int, dict[str, int]]  # (worker, epoch, ordinal, skipped so far in that worker)
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{000000..000009}`` (zero padding kept) and ``{a,b}`` groups, left to right."""
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern]
-    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
-    numeric = _RANGE.fullmatch(body)
-    if numeric:
-        lo, hi = numeric.groups()
-        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
-        options = [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    return [head + option + rest for option in options for rest in expand_braces(tail)]
-
-
-def expand_urls(urls: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Shard paths from a folder (its manifest, else its ``*.tar``), a brace/glob pattern, or a list of those."""
-    items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
-    paths: list[str] = []
-    for item in items:
-        item = os.fspath(item)
-        if os.path.isdir(item):
-            paths.extend(_folder_shards(Path(item)))
-            continue
-        for path in expand_braces(item):
-            found = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
-            if not found or not all(os.path.isfile(p) for p in found):
-                raise DataError(f"{path}: no such shard file")
-            paths.extend(found)
-    if not paths:
-        raise DataError(f"{urls}: no shards found")
-    return paths
-
-
-def _folder_shards(folder: Path) -> list[str]:
-    if (folder / MANIFEST).exists():
-        return [str(folder / s["name"]) for s in read_manifest(folder)["shards"]]
-    shards = sorted(str(p) for p in folder.glob("*.tar"))
-    if not shards:
-        raise DataError(f"{folder}: no {MANIFEST} and no .tar shards")
-    return shards
-
-
-def _split_name(name: str) -> tuple[str, str] | None:
-    """WebDataset naming: the key runs to the first dot of the member's base name, the extension is the rest."""
-    folder, _, base = name.rpartition("/")
-    if "." not in base.strip("."):
-        return None
-    stem, ext = base.split(".", 1)
-    return (f"{folder}/{stem}" if folder else stem), ext
-
-
-def _finish_sample(sample: dict[str, Any], skipped: Counter) -> dict[str, Any] | None:
-    for ext in [e for e in sample if not e.startswith("__") and (e == "json" or e.endswith(".json"))]:
-        try:
-            sample[ext] = json.loads(sample[ext])
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            log.warning("%s: sample %s has an unreadable %s member (%s); skipped", sample["__shard__"],
-                        sample["__key__"], ext, e)
-            skipped["bad_member"] += 1
-            return None
-    return sample
-
-
-def _ends_cleanly(path: str) -> bool:
-    """Whether an uncompressed tar ends with its end-of-archive zero blocks: tarfile reads a file cut at a header
-    boundary as a shorter archive without complaint, which would pass a half-copied sample on as complete."""
-    if not path.endswith(".tar"):
-        return True
+def iter_loader(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate a DataLoader, giving a ``VattError`` raised in a worker its one-line message back: the DataLoader
+    re-raises it as ``type(e)("Caught DataError in DataLoader worker process 0." + the worker's traceback)``
+    [torch/_utils.py ExceptionWrapper.reraise]; the message follows the traceback's last ``module.Class: ``."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE:
-                return False
-            f.seek(size - 2 * tarfile.BLOCKSIZE)
-            return f.read() == bytes(2 * tarfile.BLOCKSIZE)
-    except OSError:
-        return True  # tarfile.open reports it below
-
-
-def iter_tar_samples(path: str, skipped: Counter) -> Iterator[dict[str, Any]]:
-    """Group consecutive tar members by key into sample dicts, read in memory; problems are counted in ``skipped``.
-
-    In a corrupt or truncated shard the samples before the damage are kept; the one it cuts is dropped.
-    """
-    error = None if _ends_cleanly(path) else "no end-of-archive marker, truncated"
-    current: dict[str, Any] | None = None
-    index = 0
-    try:
-        with tarfile.open(path, mode="r|*", bufsize=1 << 20) as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                parts = _split_name(member.name) if member.isfile() else None
-                if parts is None:
-                    log.warning("%s: member %r is not a <key>.<ext> file; skipped", path, member.name)
-                    skipped["bad_member"] += 1
-                    continue
-                key, ext = parts
-                if current is None or current["__key__"] != key:
-                    if current is not None and (done := _finish_sample(current, skipped)) is not None:
-                        yield done
-                    current = {"__key__": key, "__shard__": path, "__index__": index}
-                    index += 1
-                if ext in current:
-                    log.warning("%s: sample %s repeats member %r; the repeat is skipped", path, key, ext)
-                    skipped["bad_member"] += 1
-                    continue
-                current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        error = str(e)
-    if error is not None:
-        log.warning("%s: corrupt or unreadable shard (%s); its remaining samples are skipped", path, error)
-        skipped["corrupt_shard"] += 1
-        return
-    if current is not None and (done := _finish_sample(current, skipped)) is not None:
-        yield done
+        yield from loader
+    except VattError as e:
+        text = str(e)
+        marker = f"{type(e).__module__}.{type(e).__qualname__}: "
+        if text.startswith("Caught ") and marker in text:
+            e.args = (text.rsplit(marker, 1)[1].strip().split("\n", 1)[0],)
+        raise
 
 
 def _shuffled(samples: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -231,6 +119,7 @@ class ShardDataset(IterableDataset):
         self.epochs = epochs
         self.first_epoch = 0
         self.skipped: Counter = Counter()
+        self._last_error = ""
         self._start: dict[int, tuple[int, int]] = {}
         self._rotation = 0
 
@@ -282,17 +171,25 @@ class ShardDataset(IterableDataset):
         if not self.resampled and not self.shards_for(start_epoch, worker, num_workers):
             return
         bad: set[str] = set()
-        epoch = start_epoch
+        epoch, failed = start_epoch, 0
         while self.epochs is None or epoch < self.first_epoch + self.epochs:
             for ordinal, sample in enumerate(self._epoch_stream(epoch, worker, num_workers, bad)):
                 if epoch == start_epoch and ordinal < consumed:
                     continue
                 item = self._decoded(sample)
-                if item is not _UNDECODED:
-                    yield (worker, epoch, ordinal, dict(self.skipped)), item
-            if len(bad) == len(set(self.urls)):
-                log.warning("none of the %d shards (%s, ...) yields samples; the stream ends", len(self.urls),
-                            self.urls[0])
+                if item is _UNDECODED:
+                    failed += 1
+                    if failed >= MAX_UNDECODED_IN_A_ROW:
+                        raise DataError(f"{failed} samples in a row could not be decoded (the last: {self._last_error})"
+                                        "; check the shards and the data settings")
+                    continue
+                failed = 0
+                yield (worker, epoch, ordinal, dict(self.skipped)), item
+            # Stop a reader whose shards all yield nothing (it would spin through empty epochs forever otherwise)
+            mine = self.urls if self.resampled else self.shards_for(epoch, worker, num_workers)
+            if bad.issuperset(mine):
+                log.warning("none of the %d shards (%s, ...) yields samples; this reader's stream ends", len(mine),
+                            mine[0])
                 return
             epoch += 1
 
@@ -304,6 +201,7 @@ class ShardDataset(IterableDataset):
         except VattError as e:
             log.warning("%s: sample %s not decoded (%s); skipped", sample["__shard__"], sample["__key__"], e)
             self.skipped["decode_error"] += 1
+            self._last_error = f"{sample['__shard__']}: {sample['__key__']}: {e}"
             return _UNDECODED
 
     def __iter__(self) -> Iterator[Any]:
@@ -374,13 +272,17 @@ class ResumableLoader:
     def __iter__(self) -> Iterator[Any]:
         self.dataset.resume_from(self._workers, self._next_worker)
         self._skipped = {}
-        for tags, batch in self.loader:
+        for tags, batch in iter_loader(self.loader):
             for worker, epoch, ordinal, skipped in tags:
                 self._workers[worker] = (epoch, ordinal + 1)
                 self._skipped[worker] = skipped
                 self._epoch = epoch
             self._next_worker = (tags[-1][0] + 1) % self.num_workers
             yield batch
+        if not self._workers and self.dataset.epochs is None:  # an endless stream that gave nothing at all
+            urls = self.dataset.urls
+            raise DataError(f"{urls[0]}: none of the {len(urls)} shards from here on gives this process a sample "
+                            "(corrupt or empty, or fewer shards than processes; see the warnings above)")
         if self.dataset.epochs is not None:
             self.dataset.set_epoch(self.dataset.first_epoch + self.dataset.epochs)
         self._workers, self._next_worker, self._epoch = {}, 0, self.dataset.first_epoch

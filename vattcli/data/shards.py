@@ -88,7 +88,21 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     for field, kind in (("prefix", str), ("shards", list), ("counts", dict), ("settings", dict)):
         if not isinstance(manifest.get(field), kind):
             raise DataError(f"{file}: field \"{field}\" missing or not a {kind.__name__}")
+    if not isinstance(manifest.get("complete", False), bool):
+        raise DataError(f"{file}: field \"complete\" is not true or false")
+    for shard in manifest["shards"]:
+        name = shard.get("name") if isinstance(shard, dict) else None
+        if not is_plain_name(name):
+            raise DataError(f"{file}: shard name {name!r} is not a file name inside this folder (names must not be "
+                            "empty, absolute, or contain '/', '\\' or '..')")
     return manifest
+
+
+def is_plain_name(name: Any) -> bool:
+    """Whether ``name``, read from a data file, names an entry of its own folder: joined to the folder it can never
+    reach outside it (design.md, Security)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+            and not os.path.isabs(name))
 
 
 def _now() -> str:
@@ -186,7 +200,7 @@ class ShardWriter:
         if foreign and not overwrite:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise DataError(
-                f"{self.out_dir}: folder holds other data ({shown}); choose an empty folder or pass overwrite=True"
+                f"{self.out_dir}: folder holds other data ({shown}); choose an empty folder or pass --overwrite"
             )
         previous = any(self._own.fullmatch(n) and not n.startswith(".tmp-") and not n.endswith(".keys.json")
                        for n in names)
@@ -194,7 +208,7 @@ class ShardWriter:
             self._load_previous(read_manifest(self.out_dir))
         elif previous and not resume and not overwrite:
             raise DataError(
-                f"{self.out_dir}: holds shards of a previous run; pass resume=True to continue or overwrite=True "
+                f"{self.out_dir}: holds shards of a previous run; pass --resume to continue or --overwrite "
                 "to replace them"
             )
         kept = {name for s in self._shards for name in (s["name"], keys_name(s["name"]))}

@@ -11,31 +11,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from torch import nn
 from torch.utils.data import DataLoader
 
-from vattcli.core.backbones import SignalBackbone
-from vattcli.core.heads import ClassificationHead
+from vattcli.core.model import Classifier
+from vattcli.data.reader import iter_loader
 from vattcli.eval.embed import progress_bar
 from vattcli.eval.metrics import audioset_metrics, mean_class_accuracy, topk_accuracy
-
-
-class Classifier(nn.Module):
-    """A backbone's AGG feature -> dropout -> Dense(C). Input (B, ...) or, for evaluation, (B, V, ...) views whose
-    logits are averaged."""
-
-    def __init__(self, backbone: SignalBackbone, num_classes: int, *, dropout: float = 0.5,
-                 bias_init: float = 0.0) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = ClassificationHead(backbone.out_dim, num_classes, dropout=dropout, bias_init=bias_init)
-
-    def forward(self, x: torch.Tensor, *, views: bool = False) -> torch.Tensor:
-        if not views:
-            return self.head(self.backbone(x).pooled)
-        b, v = x.shape[:2]
-        logits = self.head(self.backbone(x.flatten(0, 1)).pooled)
-        return logits.view(b, v, -1).mean(1)
 
 
 def softmax_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
@@ -69,7 +50,7 @@ def evaluate_views(model: Classifier, loader: DataLoader, *, multilabel: bool, d
     key, view_dims = ("audio", 1) if modality == "audio" else ("video", 4)
     with progress_bar(console, "evaluating") as progress:
         task = progress.add_task("eval", total=total)
-        for sample in loader:
+        for sample in iter_loader(loader):
             x = sample[key].to(device)
             while x.dim() < view_dims + 2:  # -> (1, V, ...): one item with V views
                 x = x.unsqueeze(0)

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vattcli.core.model import VATT
 from vattcli.data.pipeline import ClipSpec, EvalViewsDecoder
-from vattcli.data.reader import ShardDataset
+from vattcli.data.reader import ShardDataset, iter_loader
 from vattcli.data.folders import shard_folder, shard_urls
 
 
@@ -51,13 +51,13 @@ def embed_clips(model: VATT, data: str | Path, spec: ClipSpec, tokenizer: Any, *
     model.eval()
     folder = shard_folder(data, split)
     total = read_manifest(folder)["counts"]["written"]
-    dataset = ShardDataset(shard_urls(folder), decode=EvalViewsDecoder(spec, tokenizer, crops=1), epochs=1,
-                           rank=0, world_size=1)
+    urls = shard_urls(folder, allow_incomplete=True)  # a partial set shows as the pool size in every report
+    dataset = ShardDataset(urls, decode=EvalViewsDecoder(spec, tokenizer, crops=1), epochs=1, rank=0, world_size=1)
     vt, va, text, has_text, meta = [], [], [], [], []
     with progress_bar(console, f"embedding {folder.name}") as progress:
         task = progress.add_task("embed", total=min(total, limit or total))
         loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)
-        for i, sample in enumerate(loader):
+        for i, sample in enumerate(iter_loader(loader)):
             if limit is not None and i >= limit:
                 break
             out = model(video=sample["video"].to(device), text=sample["text"][:1].to(device))

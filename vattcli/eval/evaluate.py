@@ -98,21 +98,24 @@ class EmbeddedSet:
 
 
 def embed_set(ckpt: str, shards: Path, *, device: str = "cpu", num_workers: int = 0,
-              console: Console | None = None) -> EmbeddedSet:
+              console: Console | None = None, verify: bool = True) -> EmbeddedSet:
+    """Embed every clip of ``shards`` with checkpoint ``ckpt``, its weights first checked against their sha256
+    unless ``verify`` is False. An incomplete shard folder is used with a warning (``shard_urls``): the report's
+    pool size and missing count show it."""
     from vattcli.api import load_model, load_tokenizer
 
-    folder = find_checkpoint(ckpt)
-    model = load_model(folder, device=device)
-    tokenizer = load_tokenizer(folder)
+    folder = find_checkpoint(ckpt, verify=verify)
+    model = load_model(folder, device=device, verify=verify)
+    tokenizer = load_tokenizer(folder, verify=verify)
     emb = embed_clips(model, shards, eval_spec(folder), tokenizer, device=device, num_workers=num_workers,
                       console=console or Console(stderr=True))
     return EmbeddedSet(folder, model, tokenizer, shards, emb, read_manifest(shards)["counts"]["written"])
 
 
 def run_retrieval(task: str, ckpt: str, data: str | None, *, out: Path | None, device: str = "cpu",
-                  num_workers: int = 0, console: Console | None = None) -> dict[str, Any]:
+                  num_workers: int = 0, console: Console | None = None, verify: bool = True) -> dict[str, Any]:
     shards = shard_folder(data or f"shards/{task}", RETRIEVAL_SPLITS.get(task))
-    run = embed_set(ckpt, shards, device=device, num_workers=num_workers, console=console)
+    run = embed_set(ckpt, shards, device=device, num_workers=num_workers, console=console, verify=verify)
     result = retrieval_report(task, run.embeddings, model_name=run.model.config.name, pool_total=run.total)
     result.update({"checkpoint": str(run.checkpoint), "weights_hash": weights_hash(run.checkpoint),
                    "data": str(shards)})
@@ -123,12 +126,12 @@ def run_retrieval(task: str, ckpt: str, data: str | None, *, out: Path | None, d
 
 def run_zero_shot(task: str, ckpt: str, data: str | None, *, out: Path | None, device: str = "cpu",
                   num_workers: int = 0, template: str = "a video of {}",
-                  console: Console | None = None) -> dict[str, Any]:
+                  console: Console | None = None, verify: bool = True) -> dict[str, Any]:
     shards = shard_folder(data or f"shards/{task}", "val")
     classes = manifest_classes(shards)
     if not classes:
         raise DataError(f"{shards}: the manifest lists no classes")
-    run = embed_set(ckpt, shards, device=device, num_workers=num_workers, console=console)
+    run = embed_set(ckpt, shards, device=device, num_workers=num_workers, console=console, verify=verify)
     scores = zero_shot_classification(run.model, run.tokenizer, run.embeddings, classes, template)
     result = {"task": task, "zero_shot": True, **scores, "missing": run.missing, "checkpoint": str(run.checkpoint),
               "weights_hash": weights_hash(run.checkpoint)}

@@ -144,13 +144,15 @@ class RetrievalIndex:
 
     @classmethod
     def build(cls, folder: str | os.PathLike[str], embeddings: Any, *, ckpt: str | os.PathLike[str],
-              tokenizer_sha256: str | None, model_name: str, overwrite: bool = False) -> "RetrievalIndex":
+              tokenizer_sha256: str | None, model_name: str, overwrite: bool = False,
+              verify: bool = True) -> "RetrievalIndex":
         """Write an index from ``embeddings`` (an ``Embeddings``: ``video_vt``, ``video_va``, ``meta``) into
-        ``folder`` atomically: everything goes into a temporary sibling folder that is renamed when complete."""
+        ``folder`` atomically: everything goes into a temporary sibling folder that is renamed when complete.
+        ``verify``: check ``ckpt``'s weights against their recorded sha256 (hashed once per process)."""
         from vattcli.checkpoints import find_checkpoint, weights_hash
 
         folder = Path(folder).expanduser()
-        ckpt = find_checkpoint(ckpt)
+        ckpt = find_checkpoint(ckpt, verify=verify)
         check_target(folder, overwrite)
         vt, va = _unit_rows(embeddings.video_vt, "video_vt"), _unit_rows(embeddings.video_va, "video_va")
         meta = list(embeddings.meta)
@@ -192,11 +194,12 @@ class RetrievalIndex:
 
     # ---------------------------------------------------------------------------------------------- querying
 
-    def check_checkpoint(self, ckpt: str | os.PathLike[str]) -> None:
-        """Refuse a checkpoint whose weights differ from those that built this index."""
+    def check_checkpoint(self, ckpt: str | os.PathLike[str], *, verify: bool = True) -> None:
+        """Refuse a checkpoint whose weights differ from those that built this index (``verify``: and from its own
+        ``meta.json``)."""
         from vattcli.checkpoints import find_checkpoint, weights_hash
 
-        folder = find_checkpoint(ckpt)
+        folder = find_checkpoint(ckpt, verify=verify)
         found = weights_hash(folder)
         if found != self.weights_hash:
             raise VattError(f"{folder}: weights hash {found} differs from {self.weights_hash}, the checkpoint that "

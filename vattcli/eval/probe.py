@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vattcli.core.backbones import SignalBackbone
-from vattcli.data.reader import ShardDataset
+from vattcli.data.reader import ShardDataset, iter_loader
 from vattcli.eval.embed import progress_bar
 from vattcli.eval.metrics import topk_accuracy
 from vattcli.errors import DataError
@@ -55,7 +55,7 @@ def extract_features(backbone: SignalBackbone, urls: list[str], decode, *, devic
     xs, ys = [], []
     with progress_bar(console, label) as progress:
         task = progress.add_task(label, total=None)
-        for sample in DataLoader(dataset, batch_size=None, num_workers=num_workers):
+        for sample in iter_loader(DataLoader(dataset, batch_size=None, num_workers=num_workers)):
             views = sample["video"] if "video" in sample else sample["audio"]
             xs.append(backbone(views.to(device)).pooled.float().cpu())
             ys.append(int(sample["label"]))

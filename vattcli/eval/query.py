@@ -25,10 +25,11 @@ _SPEC_FIELDS = ("frames", "fps", "size", "audio_rate", "text_len", "eval_windows
 
 
 def clip_spec_from_checkpoint(ckpt: str | os.PathLike[str]) -> ClipSpec:
-    """The clip shape the checkpoint was trained on, from the ``data`` section of its stored config."""
+    """The clip shape the checkpoint was trained on, from the ``data`` section of its stored config (the weights are
+    not read, so not verified here: whoever loads them does)."""
     from vattcli.checkpoints import find_checkpoint, read_config
 
-    folder = find_checkpoint(ckpt)
+    folder = find_checkpoint(ckpt, verify=False)
     data = read_config(folder).get("data")
     if not isinstance(data, dict):
         raise ConfigError(f"{folder / 'config.yaml'}: no 'data' section, so the clip size (frames, fps, size, "

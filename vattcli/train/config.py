@@ -38,6 +38,9 @@ class DataConfig:
     text_len: int = 16
     eval_windows: int = 4  # test views: 4 windows x 3 crops [P A.2.5]
     eval_crops: int = 3
+    # Train on a shard folder whose manifest says ``complete: false`` (an interrupted `vatt preprocess`): its
+    # finished shards are valid, but the set is partial; by default training refuses it (resume the preprocessing).
+    allow_incomplete: bool = False
 
 
 @dataclass
