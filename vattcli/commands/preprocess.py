@@ -2,25 +2,70 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import shlex
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from vattcli.data.adapters import REGISTRY
+from vattcli.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   help="Turn raw datasets (official layouts) into training-ready tar shards; nothing is downloaded.")
 console = Console(stderr=True)
 
+# (option, lowest, highest, what): checked before any work, so a typo is one line and exit 2, not a run in which
+# every good file is skipped
+LIMITS = {
+    "fps": ("--fps", 0.1, 240.0, "frames per second"),
+    "short_side": ("--short-side/--size", 16, 8192, "pixels"),
+    "workers": ("--workers", 1, 1024, "processes"),
+    "limit": ("--limit", 1, None, "source files"),
+    "audio_rate": ("--audio-rate", 1000, 384_000, "samples per second"),
+    "shard_samples": ("--shard-samples", 1, None, "samples per shard"),
+}
+FLAG_NOTES = {"audio_padded": "soundtrack shorter than the video, padded with silence",
+              "partial": "kept with --keep-partial although truncated or corrupt"}
+
 
 def _options(items: list[str] | None) -> dict:
+    if not items:
+        return {}  # vattcli.config imports torch: seconds of start-up a plain run does not need
     from vattcli.config import parse_overrides
 
-    return parse_overrides(items or [])
+    return parse_overrides(items)
+
+
+def check_numbers(**values: float | int | None) -> None:
+    """Raise ConfigError naming the first option (see LIMITS) whose value is out of range; None means unset."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        option, low, high, what = LIMITS[key]
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            expected = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+            raise ConfigError(f"{option}: expected {what} {expected}, got {value:g}")
+
+
+def resume_command(name: str, params: dict[str, Any]) -> str:
+    """The command line that continues a stopped run: the same options (without --overwrite), plus --resume."""
+    words = ["vatt", "preprocess", name]
+    for key, value in params.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if key == "option":
+            words += [w for item in value for w in ("-o", item)]
+        else:
+            words += [flag] if value is True else [flag, str(value)]
+    return shlex.join([*words, "--resume"])
 
 
 def _register(name: str) -> None:
@@ -33,25 +78,39 @@ def _register(name: str) -> None:
         resume: bool = typer.Option(False, "--resume", help="Keep finished shards and skip what they hold."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing shards in OUT/SPLIT."),
         fps: Optional[float] = typer.Option(None, help="Frame rate of the stored video (default: the dataset's)."),
-        short_side: int = typer.Option(256, help="Resize the short side of stored frames to this many pixels."),
+        short_side: int = typer.Option(256, "--short-side", "--size",
+                                       help="Resize the short side of stored frames to this many pixels."),
         audio_rate: int = typer.Option(48_000, help="Sample rate of the stored mono FLAC."),
         shard_samples: int = typer.Option(1000, help="Samples per shard (a shard also closes at ~300 MB)."),
+        keep_partial: bool = typer.Option(False, "--keep-partial",
+                                          help="Keep the decodable part of truncated or corrupt videos (marked "
+                                               "partial: true) instead of skipping them."),
         option: Optional[list[str]] = typer.Option(None, "--option", "-o",
                                                    help="Dataset option KEY=VALUE (e.g. num_captions=5)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         from vattcli.data.adapters import get_adapter
-        from vattcli.data.preprocess import Settings, run_preprocess, summary_json, summary_table
+        from vattcli.data.preprocess import Settings, run_preprocess
 
+        check_numbers(fps=fps, short_side=short_side, workers=workers, limit=limit, audio_rate=audio_rate,
+                      shard_samples=shard_samples)
         adapter = get_adapter(name, **_options(option))
-        settings = Settings(fps=fps or adapter.fps, short_side=short_side, audio_rate=audio_rate)
-        summary = run_preprocess(adapter, root, out, split or adapter.splits[0], settings=settings, workers=workers,
-                                 limit=limit, resume=resume, overwrite=overwrite, max_samples=shard_samples,
-                                 console=console)
+        split = split or adapter.splits[0]
+        settings = Settings(fps=fps or adapter.fps, short_side=short_side, audio_rate=audio_rate,
+                            keep_partial=keep_partial)
+        again = resume_command(name, {"root": root, "out": out, "split": split, "workers": workers, "limit": limit,
+                                      "fps": fps, "short_side": short_side, "audio_rate": audio_rate,
+                                      "shard_samples": shard_samples, "keep_partial": keep_partial,
+                                      "option": option})
+        summary = run_preprocess(adapter, root, out, split, settings=settings, workers=workers, limit=limit,
+                                 resume=resume, overwrite=overwrite, max_samples=shard_samples, console=console,
+                                 resume_command=again)
         if as_json:
             typer.echo(summary_json(summary))
         else:
             Console().print(summary_table(summary))
+            Console(soft_wrap=True, highlight=False).print("\n".join(summary_lines(summary)), markup=False)
+        check_written(summary, root)
 
     command.__doc__ = REGISTRY[name][2]
     app.command(name)(command)
@@ -99,12 +158,11 @@ def toy(
     preprocess it with the real adapters."""
     from vattcli.data.toy import build_toy
 
+    check_numbers(workers=workers)
     summary = build_toy(out, seed=seed, workers=workers)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    from rich.table import Table
-
     table = Table("set", "split", "written", "skipped", "shards", title=f"toy dataset in {out}")
     for name, splits in summary["sets"].items():
         for split, info in splits.items():
@@ -113,3 +171,56 @@ def toy(
     Console().print(table)
     Console().print(f"tokenizer {summary['tokenizer']}, captions {summary['captions']}, "
                     f"built in {summary['seconds']:.1f} s")
+
+
+def check_written(summary: dict[str, Any], root: Path) -> None:
+    """Raise DataError when a run wrote no sample at all ("0 of N written" is a failure, not a success)."""
+    if summary["written"] or summary["already_done"]:
+        return
+    total = sum(summary["skipped"].values())
+    where = f"{summary['dataset']}/{summary['split']}"
+    if not total:
+        raise DataError(f"0 of 0 written: {where} found no inputs under {root}")
+    if summary["top_skips"]:
+        top = summary["top_skips"][0]
+        reason = f"top skip reason: {top['reason']} ({top['count']}), e.g. {_example(top)}"
+    else:
+        reason = "see the skip reasons"
+    raise DataError(f"0 of {total} written for {where}: every input was skipped; {reason}; "
+                    f"manifest {summary['manifest']}")
+
+
+def _example(top: dict[str, Any]) -> str:
+    return top["message"] if top["item"] in top["message"] else f"{top['item']}: {top['message']}"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"{summary['dataset']} / {summary['split']} -> {summary['out']}", show_header=False)
+    table.add_row("written", str(summary["written"]))
+    if summary["already_done"]:
+        table.add_row("already done (resume)", str(summary["already_done"]))
+    for reason, count in sorted(summary["skipped"].items()):
+        table.add_row(f"skipped: {reason}", str(count))
+    for flag, count in sorted(summary["flagged"].items()):
+        table.add_row(f"flagged: {flag}", str(count))
+    table.add_row("hours of media", f"{summary['hours']:.3f}")
+    table.add_row("time", f"{summary['seconds']:.1f} s ({summary['realtime_per_core']:.1f}x real time per core)")
+    return table
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """Plain lines printed under the table: the top skip reasons with one example each, the flags, the manifest."""
+    lines = []
+    if summary["top_skips"]:
+        lines.append("top skip reasons:")
+        lines += [f"  {t['reason']} ({t['count']}), e.g. {_example(t)}" for t in summary["top_skips"]]
+    lines += [f"flagged {flag} ({count}): {FLAG_NOTES.get(flag, flag)}" for flag, count in
+              sorted(summary["flagged"].items())]
+    lines.append(f"manifest: {summary['manifest']}")
+    return lines
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    json.dump(summary, buf, indent=2)
+    return buf.getvalue()

@@ -22,9 +22,11 @@ _AUDIO_PREROLL = 0.1  # s decoded before an audio window, so the codec's first f
 
 @dataclass
 class TrackEnd:
-    """Filled in when an audio decoder ran out: the index just past the track's last sample."""
+    """Filled in by ``window_pieces``: the index just past the track's last sample when the decoder ran out, and the
+    zeros it put in gaps of the track (a soundtrack that starts late or has holes)."""
 
     sample: int | None = None
+    gap_samples: int = 0
 
 
 def audio_chunks(container, stream, s0: int, rate: int, origin: float) -> Iterator[tuple[int, np.ndarray]]:
@@ -70,8 +72,8 @@ def window_pieces(
 ) -> Iterator[np.ndarray]:
     """Contiguous pieces from sample s0 on, zeros in gaps, up to s0 + n (n None: to the end).
 
-    Stops early when no sound is left in the window; if the track ended, records where in `end`.
-    The caller pads whatever is missing.
+    Stops early when no sound is left in the window; if the track ended, records where in `end`, and the zeros
+    of gaps in `end.gap_samples`. The caller pads whatever is missing.
     """
     pos, stop, track_end = s0, (None if n is None else s0 + n), 0
     for p, x in chunks:
@@ -81,6 +83,7 @@ def window_pieces(
         lo, hi = max(p, pos), track_end if stop is None else min(track_end, stop)
         if hi > lo:
             if lo > pos:
+                end.gap_samples += lo - pos
                 yield np.zeros(lo - pos, np.float32)
             yield x[lo - p : hi - p]
             pos = hi

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,14 +111,78 @@ def origin_of(container: av.container.InputContainer) -> float:
     return max(0.0, start / av.time_base) if start is not None else 0.0
 
 
-def _decoded(container: av.container.InputContainer, stream: av.stream.Stream) -> Iterator[av.frame.Frame]:
-    """Frames of one stream from the current position; a packet the codec rejects is skipped, as ffmpeg does."""
+@dataclass
+class DecodeHealth:
+    """What went wrong while decoding one stream: filled in by ``_decoded`` when the caller asks (preprocessing).
+
+    ``errors`` counts packets the decoder rejected (``InvalidDataError``), packets the demuxer flagged corrupt and
+    frames the decoder flagged corrupt (concealed errors); ``packets`` counts the stream's demuxed packets, to compare
+    with the frame count the container declares.
+    """
+
+    errors: int = 0
+    packets: int = 0
+    first_error: str = ""
+
+    def note(self, what: str) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or what
+
+
+def _decoded(container: av.container.InputContainer, stream: av.stream.Stream,
+             health: DecodeHealth | None = None, settled: bool = True) -> Iterator[av.frame.Frame]:
+    """Frames of one stream from the current position; a packet the codec rejects is skipped, as ffmpeg does,
+    and counted in ``health`` when given.
+
+    ``settled=False`` (decoding after a seek into the middle of the stream): errors before the first clean frame are
+    not counted, since an open GOP's leading frames reference pictures from before the seek point.
+    """
     for packet in container.demux(stream):
+        if health is not None and packet.dts is not None:
+            health.packets += 1
+            if packet.is_corrupt and settled:
+                health.note(f"packet at {_seconds(packet)} flagged corrupt by the demuxer")
         try:
             frames = packet.decode()
-        except av.error.InvalidDataError:
+        except av.error.InvalidDataError as err:
+            if health is not None and settled:
+                health.note(f"decoder rejected the packet at {_seconds(packet)} ({getattr(err, 'strerror', err)})")
             continue
-        yield from frames
+        for frame in frames:
+            if health is not None and frame.is_corrupt:
+                if settled:
+                    health.note(f"frame at {_seconds(frame)} decoded with errors")
+            else:
+                settled = True
+            yield frame
+
+
+def _seconds(item: av.Packet | av.frame.Frame) -> str:
+    """'1.23 s' for a packet's or frame's pts, '?' without one (for messages)."""
+    if item.pts is None or item.time_base is None:
+        return "?"
+    return f"{float(item.pts * item.time_base):.2f} s"
+
+
+_TAG_DURATION = re.compile(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+
+
+def declared_end(container: av.container.InputContainer, stream: av.stream.Stream, origin: float) -> float | None:
+    """Where the container says ``stream`` ends, in seconds on the ``origin_of`` timeline; None if it does not say.
+
+    Order: the stream's own duration (MP4, AVI), Matroska's per-track DURATION tag, then the container's duration.
+    """
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+    if stream.duration and tb:
+        return start + float(stream.duration * tb) - origin
+    tag = _TAG_DURATION.fullmatch(str(stream.metadata.get("DURATION", "")).strip())
+    if tag:
+        return start + int(tag[1]) * 3600 + int(tag[2]) * 60 + float(tag[3]) - origin
+    if container.duration:
+        container_start = container.start_time / av.time_base if container.start_time else 0.0
+        return container_start + container.duration / av.time_base - origin
+    return None
 
 
 def _from_seek(
@@ -180,9 +245,11 @@ class StreamEnd:
     last: av.VideoFrame | None = None
 
 
-def video_frames_from(container, stream, t: float, origin: float) -> Iterator[tuple[float, av.VideoFrame]]:
-    """(time, frame) in display order from the keyframe at or before time t."""
-    return _from_seek(container, stream, t, origin, lambda: _timed(_decoded(container, stream), origin, stream))
+def video_frames_from(container, stream, t: float, origin: float,
+                      health: DecodeHealth | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(time, frame) in display order from the keyframe at or before time t; decode errors counted in ``health``."""
+    args = (container, stream) if health is None else (container, stream, health, t <= 0)
+    return _from_seek(container, stream, t, origin, lambda: _timed(_decoded(*args), origin, stream))
 
 
 def _timed(frames: Iterator[av.VideoFrame], origin: float, stream) -> Iterator[tuple[float, av.VideoFrame]]:

@@ -22,7 +22,8 @@ from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from vattcli.data.media_audio import TrackEnd, audio_chunks, window_pieces
-from vattcli.data.media_io import Source, StreamEnd, open_input, origin_of, pick_frames, source_label, video_frames_from
+from vattcli.data.media_io import (DecodeHealth, Source, StreamEnd, declared_end, open_input, origin_of, pick_frames,
+                                   source_label, video_frames_from)
 from vattcli.errors import MediaError
 
 Target = Union[str, os.PathLike, BinaryIO]
@@ -32,6 +33,8 @@ Target = Union[str, os.PathLike, BinaryIO]
 # on 456x256 clips at 10 fps: 17.9 vs 35.7 ms per 32 frames, 314 vs 275 kB, luma PSNR 38.15 vs 38.14 dB).
 _X264_OPTIONS = {"crf": "23", "preset": "veryfast", "x264-params": "cabac=0"}
 _MPEG4_BITS_PER_PIXEL = 0.2  # bit rate for the mpeg4 fallback, per pixel per frame
+TRUNCATED_BELOW, TRUNCATED_MIN_SECONDS = 0.9, 0.25  # truncated: under 90 % of the declared span and 0.25 s short
+MISSING_PACKETS_TOLERATED, MISSING_PACKETS_FRACTION = 2, 0.02  # demuxed packets short of the declared frame count
 
 
 def video_codec() -> str:
@@ -66,62 +69,126 @@ def even_scaled_size(width: int, height: int, short_side: int | None) -> tuple[i
     return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
 
 
-def _output_frames(container, stream, start: float, end: float, fps: float, origin: float):
-    """(j, source frame) for output frame j at start + j/fps, until `end` or the source's end."""
+def _output_frames(container, stream, start: float, end: float, fps: float, origin: float, health: DecodeHealth,
+                   stream_end: StreamEnd):
+    """(j, source frame) for output frame j at start + j/fps, until `end` or the source's end (recorded in
+    `stream_end`); decode errors are counted in `health`."""
     targets = itertools.takewhile(lambda t: t < end - 1e-9, (start + j / fps for j in itertools.count()))
-    return pick_frames(video_frames_from(container, stream, start, origin), targets, StreamEnd())
+    return pick_frames(video_frames_from(container, stream, start, origin, health), targets, stream_end)
+
+
+def _encode_video(container, stream, video_out: Target, start: float, end: float, fps: float,
+                  short_side: int | None, keyframe_interval_s: float, origin: float, health: DecodeHealth,
+                  stream_end: StreamEnd, label: str) -> tuple[int, tuple[int, int], str]:
+    """Write output frames [start, end) as MP4; returns (frames written, (width, height), codec)."""
+    codec = video_codec()
+    gop = max(1, round(fps * keyframe_interval_s))
+    frames, size = 0, (0, 0)
+    with av.open(_target(video_out), "w", format="mp4") as out:
+        ostream = None
+        converted = (None, None)
+        reformatter = VideoReformatter()
+        for j, frame in _output_frames(container, stream, start, end, fps, origin, health, stream_end):
+            if ostream is None:
+                size = even_scaled_size(frame.width, frame.height, short_side)
+                ostream = _add_video_stream(out, codec, fps, size[0], size[1], gop)
+            if converted[0] is not frame:
+                scaled = reformatter.reformat(frame, width=size[0], height=size[1], format=ostream.pix_fmt,
+                                              interpolation="AREA", threads=1)
+                scaled.pict_type = PictureType.NONE  # let the encoder place keyframes, not the source
+                converted = (frame, scaled)
+            converted[1].pts, converted[1].time_base = j, 1 / _rate(fps)
+            _flush(out, ostream, converted[1])
+            frames = j + 1
+        if ostream is None:
+            raise MediaError(f"{label}: no video frames between {start:g}s and the end", "too_short")
+        _flush(out, ostream)
+    return frames, size, codec
+
+
+def _integrity(container, stream, origin: float, start: float, end: float, health: DecodeHealth,
+               stream_end: StreamEnd) -> dict:
+    """How much of [start, end) the source declares and how much decoded (see ``media_problem``)."""
+    declared = declared_end(container, stream, origin)
+    whole = start <= 0 and stream_end.time is not None  # the decoder ran from the first packet to the last
+    return {
+        "decode_errors": health.errors,
+        "first_error": health.first_error,
+        "declared_seconds": None if declared is None else max(0.0, min(end, declared) - start),
+        "decodable_seconds": None if stream_end.time is None else max(0.0, stream_end.time - start),
+        "declared_frames": int(stream.frames or 0) if whole else 0,
+        "demuxed_packets": health.packets,
+    }
+
+
+def media_problem(stats: dict, label: str) -> tuple[str, str] | None:
+    """(reason, one-line message) when a transcoded window is not a faithful copy of its source, else None.
+
+    ``truncated``: the decoder ran out before 90 % of the span the container declares for the window, and at least
+    0.25 s before its end (so rounding of the last frame's duration never counts; a file cut short gives "Invalid
+    data" after a fraction of its bytes). ``corrupt``: the decoder rejected packets or flagged frames
+    (corrupt bytes in the middle), or, when the whole file was decoded, the demuxer delivered fewer packets than the
+    frame count the container declares by more than max(2, 2 %) (packets lost silently).
+    """
+    want, got = stats.get("declared_seconds"), stats.get("decodable_seconds")
+    if want and got is not None and got < TRUNCATED_BELOW * want and want - got >= TRUNCATED_MIN_SECONDS:
+        return "truncated", f"{label}: truncated: {got:.2f} s decodable of the {want:.2f} s the container declares"
+    declared, demuxed = stats.get("declared_frames", 0), stats.get("demuxed_packets", 0)
+    if declared and declared - demuxed > max(MISSING_PACKETS_TOLERATED, MISSING_PACKETS_FRACTION * declared):
+        return "corrupt", f"{label}: corrupt: {declared - demuxed} of the {declared} declared video packets missing"
+    if stats.get("decode_errors"):
+        return "corrupt", (f"{label}: corrupt: {stats['decode_errors']} decode errors "
+                           f"(first: {stats['first_error']})")
+    return None
 
 
 def _transcode(src: Source, video_out: Target, audio_out: Target, start: float, end: float | None, fps: float,
                short_side: int | None, audio_rate: int, keyframe_interval_s: float, name: str | None) -> dict:
     label = source_label(src, name)
     end_t = math.inf if end is None else float(end)
-    codec = video_codec()
-    gop = max(1, round(fps * keyframe_interval_s))
     with open_input(src, name) as container:
         if not container.streams.video:
             raise MediaError(f"{label}: no video stream", "no_video")
+        stream = container.streams.video[0]
         origin = origin_of(container)
-        frames = 0
-        size = None
-        with av.open(_target(video_out), "w", format="mp4") as out:
-            ostream = None
-            converted = (None, None)
-            reformatter = VideoReformatter()
-            for j, frame in _output_frames(container, container.streams.video[0], start, end_t, fps, origin):
-                if ostream is None:
-                    size = even_scaled_size(frame.width, frame.height, short_side)
-                    ostream = _add_video_stream(out, codec, fps, size[0], size[1], gop)
-                if converted[0] is not frame:
-                    scaled = reformatter.reformat(frame, width=size[0], height=size[1], format=ostream.pix_fmt,
-                                                  interpolation="AREA", threads=1)
-                    scaled.pict_type = PictureType.NONE  # let the encoder place keyframes, not the source
-                    converted = (frame, scaled)
-                converted[1].pts, converted[1].time_base = j, 1 / _rate(fps)
-                _flush(out, ostream, converted[1])
-                frames = j + 1
-            if ostream is None:
-                raise MediaError(f"{label}: no video frames between {start:g}s and the end", "too_short")
-            _flush(out, ostream)
+        health, stream_end = DecodeHealth(), StreamEnd()
+        try:
+            frames, size, codec = _encode_video(container, stream, video_out, start, end_t, fps, short_side,
+                                                keyframe_interval_s, origin, health, stream_end, label)
+        except MediaError as e:
+            if e.reason != "too_short":
+                raise
+            integrity = _integrity(container, stream, origin, start, end_t, health, stream_end)
+            problem = media_problem({**integrity, "decodable_seconds": integrity["decodable_seconds"] or 0.0}, label)
+            if problem is not None and problem[0] == "truncated":
+                raise MediaError(problem[1], "truncated") from None
+            raise
+        integrity = _integrity(container, stream, origin, start, end_t, health, stream_end)
         has_audio = bool(container.streams.audio)
         n_audio = round(frames / fps * audio_rate)
+        padded = 0
         if has_audio:
-            _write_flac(container, container.streams.audio[0], audio_out, start, n_audio, audio_rate, origin)
+            padded = _write_flac(container, container.streams.audio[0], audio_out, start, n_audio, audio_rate, origin)
     return {"frames": frames, "fps": fps, "duration": frames / fps, "width": size[0], "height": size[1],
             "has_audio": has_audio, "audio_rate": audio_rate, "audio_samples": n_audio if has_audio else 0,
-            "start": start, "video_codec": codec}
+            "audio_padded_seconds": padded / audio_rate, "start": start, "video_codec": codec, **integrity}
 
 
-def _write_flac(container, stream, audio_out: Target, start: float, n: int, rate: int, origin: float) -> None:
-    """Samples [start, start + n/rate) of the stream as mono 16-bit FLAC; zeros where the source has none."""
+def _write_flac(container, stream, audio_out: Target, start: float, n: int, rate: int, origin: float) -> int:
+    """Samples [start, start + n/rate) of the stream as mono 16-bit FLAC; zeros where the source has none.
+
+    Returns how many samples are such zeros (gaps in the track and its early end), to flag a soundtrack that
+    covers much less than the video."""
     s0 = round(start * rate)
     written = 0
+    track = TrackEnd()
     with sf.SoundFile(_target(audio_out), "w", samplerate=rate, channels=1, format="FLAC", subtype="PCM_16") as flac:
-        for piece in window_pieces(audio_chunks(container, stream, s0, rate, origin), s0, n, TrackEnd()):
+        for piece in window_pieces(audio_chunks(container, stream, s0, rate, origin), s0, n, track):
             flac.write(np.clip(piece, -1.0, 1.0))
             written += len(piece)
         if written < n:
             flac.write(np.zeros(n - written, np.float32))
+    return track.gap_samples + max(0, n - written)
 
 
 def transcode_to_bytes(src: Source, start: float = 0.0, end: float | None = None, fps: float = 10.0,
@@ -131,7 +198,10 @@ def transcode_to_bytes(src: Source, start: float = 0.0, end: float | None = None
 
     Output frame j shows the source frame on screen at start + j/fps; FLAC sample k is source time
     start + k/audio_rate and the FLAC lasts exactly as long as the video. Stats: frames, fps, duration
-    (seconds of media written), width, height, has_audio, audio_rate, audio_samples, start, video_codec.
+    (seconds of media written), width, height, has_audio, audio_rate, audio_samples, audio_padded_seconds (zeros where
+    the source's soundtrack has none), start, video_codec, and what ``media_problem`` judges: decode_errors,
+    first_error, declared_seconds, decodable_seconds (None: the whole window decoded), declared_frames,
+    demuxed_packets.
     """
     video_buf, audio_buf = io.BytesIO(), io.BytesIO()
     stats = _transcode(src, video_buf, audio_buf, start, end, fps, short_side, audio_rate, keyframe_interval_s, name)

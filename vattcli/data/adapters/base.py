@@ -19,8 +19,22 @@ from typing import Any, ClassVar, Literal
 
 from vattcli.errors import DataError
 
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv")
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
+# Media is found by file stem with any extension (PyAV probes the content, not the name); these orders only break
+# ties when several files share a stem (.mp4 first), and NOT_MEDIA_EXTS names what is never a source.
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpeg", ".mpg", ".ogv", ".ogg", ".ts", ".flv",
+              ".3gp", ".wmv")
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aac")
+NOT_MEDIA_EXTS = frozenset({
+    ".json", ".jsonl", ".txt", ".csv", ".tsv", ".md", ".html", ".xml", ".yaml", ".yml", ".srt", ".vtt", ".ass",
+    ".part", ".tmp", ".ytdl", ".lock", ".log", ".pkl", ".npy", ".npz", ".zip", ".tar", ".gz", ".py", ".sh", ".pdf",
+    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp",  # thumbnails next to videos; images have their own adapter
+})
+
+
+def is_media_name(name: str | Path) -> bool:
+    """Whether a file name may be a media source: not hidden, and not a known text/partial/image extension."""
+    path = Path(name)
+    return bool(path.stem) and not path.name.startswith(".") and path.suffix.lower() not in NOT_MEDIA_EXTS
 
 
 @dataclass
@@ -126,16 +140,26 @@ def read_json(path: Path, what: str) -> Any:
 
 
 class MediaIndex:
-    """Finds media files under a root by file stem, whatever the sub-folders and extension (link-rot tolerant)."""
+    """Finds media files under a root by file stem, whatever the sub-folders and extension (link-rot tolerant).
 
-    def __init__(self, root: Path, exts: Sequence[str] = VIDEO_EXTS) -> None:
+    Any file ``is_media_name`` accepts is a candidate: PyAV opens far more containers than a fixed list names
+    (.avi, .mpeg, Ogg/Theora...), and a file that is not media is skipped as corrupt when decoded, not reported
+    missing. When several files share a stem, the extension earliest in ``prefer`` wins (.mp4 first for videos), then
+    any other, then the first path in sorted order.
+    """
+
+    def __init__(self, root: Path, prefer: Sequence[str] = VIDEO_EXTS) -> None:
         if not root.is_dir():
             raise DataError(f"{root}: media folder not found")
         self.root = root
         self.by_stem: dict[str, Path] = {}
+        rank = {ext: i for i, ext in enumerate(prefer)}
         for path in sorted(root.rglob("*")):
-            if path.suffix.lower() in exts and path.is_file():
-                self.by_stem.setdefault(path.stem, path)
+            if not is_media_name(path) or not path.is_file():
+                continue
+            held = self.by_stem.get(path.stem)
+            if held is None or rank.get(path.suffix.lower(), len(rank)) < rank.get(held.suffix.lower(), len(rank)):
+                self.by_stem[path.stem] = path
 
     def find(self, *stems: str) -> Path | None:
         for stem in stems:

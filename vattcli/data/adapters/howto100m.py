@@ -3,7 +3,8 @@
 Annotations [datasets.md]: ``caption.json`` (or ``raw_caption.json``), a dict video_id -> {"start": [...],
 "end": [...], "text": [...]} in seconds, and optionally ``HowTo100M_v1.csv`` (video_id, task_id, rank, category_1,
 category_2), used only to record the task and categories in each sample's metadata. Videos are
-``<video_id>.mp4/.webm/.mkv`` anywhere under the root. Stored at 10 fps [C data/dataloaders.py REF_FPS].
+``<video_id>.<any extension>`` anywhere under the root (``.mp4`` preferred when several share the id). Stored at
+10 fps [C data/dataloaders.py REF_FPS].
 
 Windowing. The official HowTo100M loader is unreleased [reference §10, I#1689; open uncertainty 6]: the paper only
 says the MIL-NCE positive set is the 5 captions nearest in time to the clip [P §3.4], and the code feeds
@@ -44,7 +45,6 @@ from vattcli.errors import ConfigError, DataError
 CLIP_SECONDS = 3.2  # 32 frames at 10 fps [P §4.1]
 NUM_CAPTIONS = 5  # the caption itself + max_context_sentences=4 [P §3.4; C configs/dataset.py]
 META_COLUMNS = ("video_id", "task_id", "rank", "category_1", "category_2")
-HOWTO_EXTS = (".mp4", ".webm", ".mkv")
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class HowTo100M(Adapter):
         if not isinstance(data, dict):
             raise DataError(f"{path}: expected a JSON object mapping video_id -> {{start, end, text}}")
         tasks = self._task_meta(root)
-        media = MediaIndex(root, HOWTO_EXTS)
+        media = MediaIndex(root)
         for video_id, entry in data.items():
             yield from self._video_items(root, split, str(video_id), entry, media, tasks.get(str(video_id), {}))
 
@@ -190,7 +190,7 @@ class HowTo100M(Adapter):
                      task: dict[str, str]) -> Iterator[WorkItem | Skip]:
         source = media.find(video_id)
         if source is None:
-            yield Skip(video_id, "missing", f"{video_id}: no video file {video_id}.mp4/.webm/.mkv under {root}")
+            yield Skip(video_id, "missing", f"{video_id}: no video file named {video_id}.<ext> under {root}")
             return
         parsed = parse_captions(entry, video_id)
         if isinstance(parsed, str):

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from vattcli.data.adapters.base import (
-    VIDEO_EXTS,
     Adapter,
     Skip,
     WorkItem,
     Window,
+    is_media_name,
     label_index,
     read_csv_columns,
     require_file,
@@ -59,7 +59,7 @@ def read_categories(path: Path) -> list[str]:
 def read_split_rows(path: Path) -> list[tuple[str, str] | None]:
     """(video path, label) per row, None for a row with fewer than two cells; header detected as documented above."""
     rows = read_text_rows(path)
-    if rows and PurePosixPath(rows[0][0]).suffix.lower() not in VIDEO_EXTS:
+    if rows and not (PurePosixPath(rows[0][0]).suffix and is_media_name(rows[0][0])):
         return [(row["path"], row["label"]) for row in read_csv_columns(path, HEADER_COLUMNS)]
     return [(row[0], row[1]) if len(row) >= 2 else None for row in rows]
 

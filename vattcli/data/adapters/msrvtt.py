@@ -3,8 +3,8 @@
 Annotations [datasets.md]: split ``test`` is 1k-A, ``MSRVTT_JSFUSION_test.csv`` (columns key, vid_key, video_id,
 sentence: one caption per video); split ``train`` is the 9k training list ``MSRVTT_train.9k.csv`` (column video_id)
 with all captions of each video (20) from ``MSRVTT_data.json`` (``sentences``: [{video_id, caption}], file order).
-Videos ``video0.mp4`` ... anywhere under the root. One whole-video sample per video. Empty captions are dropped; a
-video left without any is skipped as ``empty_caption``, a missing video as ``missing``.
+Videos ``video0.mp4`` ... (any extension) anywhere under the root. One whole-video sample per video. Empty captions
+are dropped; a video left without any is skipped as ``empty_caption``, a missing video as ``missing``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from vattcli.data.adapters.base import (
-    VIDEO_EXTS,
     Adapter,
     MediaIndex,
     Skip,
@@ -43,11 +42,11 @@ class MSRVTT(Adapter):
 
     def items(self, root: Path, split: str) -> Iterator[WorkItem | Skip]:
         rows = list(self._test_rows(root) if split == "test" else self._train_rows(root))
-        media = MediaIndex(root, VIDEO_EXTS)
+        media = MediaIndex(root)
         for video_id, captions, extra in rows:
             source = media.find(video_id)
             if source is None:
-                yield Skip(video_id, "missing", f"{video_id}: no video file {video_id}.mp4 under {root}")
+                yield Skip(video_id, "missing", f"{video_id}: no video file named {video_id}.<ext> under {root}")
                 continue
             captions = [c.strip() for c in captions if c.strip()]
             if not captions:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vattcli.data.adapters.base import VIDEO_EXTS, Adapter, MediaIndex, Skip, Window, WorkItem, read_json, sample_key
+from vattcli.data.adapters.base import Adapter, MediaIndex, Skip, Window, WorkItem, read_json, sample_key
 from vattcli.errors import DataError
 
 ANNOTATION_FILE = "youcookii_annotations_trainval.json"
@@ -35,7 +35,7 @@ class YouCook2(Adapter):
         database = data.get("database") if isinstance(data, dict) else None
         if not isinstance(database, dict):
             raise DataError(f"{path}: expected an object with a 'database' object mapping video_id -> annotations")
-        media = MediaIndex(root, VIDEO_EXTS)
+        media = MediaIndex(root)
         for video_id, video in database.items():
             if isinstance(video, dict) and video.get("subset") == SUBSETS[split]:
                 yield from self._video_items(root, split, str(video_id), video, media)
@@ -48,7 +48,7 @@ class YouCook2(Adapter):
             return
         source = media.find(video_id)
         if source is None:
-            yield Skip(video_id, "missing", f"{video_id}: no video file {video_id}.mp4 under {root} "
+            yield Skip(video_id, "missing", f"{video_id}: no video file named {video_id}.<ext> under {root} "
                                             f"({len(annotations)} segments)")
             return
         base = {"dataset": self.name, "split": split, "source": source.relative_to(root).as_posix(),
