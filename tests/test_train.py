@@ -91,7 +91,7 @@ def test_sigterm_then_resume_latest_gives_bit_identical_weights(toy_data, tmp_pa
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 143, out  # stopped by SIGTERM, after saving
     stopped_at = json.loads((sorted(interrupted.glob("ckpt-*"))[-1] / "meta.json").read_text())["step"]
     assert 3 <= stopped_at < steps, f"stopped at {stopped_at}: the signal came too late to test resuming"
 

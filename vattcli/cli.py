@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+import typer.main
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vattcli import __version__
@@ -112,32 +119,127 @@ def info(model: str = typer.Argument("vatt-bbs", help="A model recipe name or pa
         table.add_row(part, f"{net.num_params(getattr(net, part)) / 1e6:.1f}")
     table.add_row("total (shared counted once)", f"{net.num_params() / 1e6:.1f}")
     console.print(table)
+    words, head = net.text.embedding.table.weight.numel(), net.num_params(net.head)
+    console.print(f"The paper's sizes (e.g. 197 M for VATT-BBS, Tab 7) count the Transformers only; without the "
+                  f"{words / 1e6:.1f} M word table (frozen word2vec in the release) and the {head / 1e6:.1f} M heads "
+                  f"this model has {(net.num_params() - words - head) / 1e6:.1f} M.", highlight=False)
     for label, kw in (("inference, all tokens", {}), ("training, DropToken", {"droptoken": True, "training": True})):
         f = estimate_flops(cfg, video_shape=(frames, size, size), audio_samples=audio_samples, **kw)
         console.print(f"{label}: video {f.video / 1e9:.1f}, audio {f.audio / 1e9:.1f}, text {f.text / 1e9:.2f}, "
                       f"total {f.total / 1e9:.1f} GFLOPs per sample")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: user mistakes (``VattError``) become one red line and exit code 2, never a traceback."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so ``finally`` blocks and context managers (folder locks, temporary files)
+    clean up as they do for Ctrl-C. A ``KeyboardInterrupt`` subclass: code that stops cleanly on Ctrl-C stops the same
+    way here; ``exit_code`` tells such code which status to exit with."""
+
+    exit_code = 143
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _hide_flag_types(command: Any) -> None:
+    """Typer's rich help (0.29) prints a value type for every option, so flags (``--print-config``, ``--help``) read
+    ``<bool>`` as if they took a value; an empty metavar blanks that column for flags only, in every subcommand."""
+    params = list(command.params)
+    help_option = command.get_help_option(typer.Context(command))
+    for param in [*params, *([help_option] if help_option is not None else [])]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)
+
+
+def _usage_error(e: typer.TyperException) -> int:
+    """A usage error of typer's parser (unknown option, missing or bad value, unknown command): one line, a hint."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: help already printed (typer tests it by name too)
+        return 2
+    err_console.print(f"[bold red]error:[/] {escape(e.format_message())}", highlight=False)
+    ctx = getattr(e, "ctx", None)
+    err_console.print(f"try '{ctx.command_path if ctx is not None else 'vatt'} --help'", markup=False,
+                      highlight=False)
+    return 2
+
+
+def _crash_log(text: str) -> Path:
+    """Write ``text`` to ``$VATT_HOME/logs`` (default ``~/.vatt/logs``), else to the system temp folder."""
+    name = f"vatt-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    home = Path(os.environ.get("VATT_HOME") or "~/.vatt").expanduser() / "logs"
+    for folder in (home, Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
+            return folder / name
+        except OSError:
+            continue
+    raise OSError(f"could not write {name} to {home} or the temp folder")
+
+
+def _bug(e: Exception) -> int:
+    """An exception no command expected is a bug: one line naming the log file that keeps the traceback."""
+    summary = (str(e).strip().splitlines() or [""])[0][:200]
+    what = f"{type(e).__name__}: {summary}" if summary else type(e).__name__
     try:
-        app(args=argv, standalone_mode=False)
+        where = f"the traceback is in {_crash_log(traceback.format_exc())}"
+    except OSError:
+        where = "no log file could be written (set VATT_HOME to a writable folder)"
+    err_console.print(f"[bold red]error:[/] internal error ({escape(what)}); this is a bug, please report it; {where}",
+                      highlight=False)
+    return 1
+
+
+def _pipe_closed() -> int:
+    """The reader of our output went away (``vatt recipes list | head -1``): exit as a shell does on SIGPIPE, without
+    a second error when the interpreter flushes stdout at exit (the recipe of Python's ``signal`` docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
+def _run(argv: list[str] | None) -> int:
+    command = typer.main.get_command(app)
+    _hide_flag_types(command)
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        with command.make_context("vatt", args) as ctx:
+            command.invoke(ctx)
     except VattError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return e.exit_code
     except typer.Exit as e:
         return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        return 130
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except typer.TyperException as e:  # typer vendors click; from 0.27.3 on its usage errors derive from this
+        return _usage_error(e)
+    except (typer.Abort, KeyboardInterrupt) as e:
+        code = getattr(e, "exit_code", 130)
+        err_console.print(f"stopped by {'SIGTERM' if code == 143 else 'SIGINT'}", highlight=False)
+        return code
+    except BrokenPipeError:
+        return _pipe_closed()
+    except Exception as e:
+        return _bug(e)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point. Exit codes are a contract (design.md): 0 success, 2 bad input or usage (one line), 130/143 stopped
+    by SIGINT/SIGTERM, 1 only for a bug (one line naming the log file with the traceback)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a worker thread): leave signals alone
+        previous = None
+    try:
+        code = _run(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _pipe_closed()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

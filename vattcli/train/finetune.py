@@ -30,18 +30,19 @@ from vattcli.eval.classify import Classifier, evaluate_views, inverse_occurrence
 from vattcli.checkpoints import find_checkpoint, load_weights
 from vattcli.train.config import FinetuneConfig
 from vattcli.data.folders import manifest_classes, shard_folder, shard_urls
-from vattcli.train.distributed import init_distributed, shutdown, wrap_model
-from vattcli.train.loop import Trainer
+from vattcli.train.distributed import DistInfo, init_distributed, shutdown, wrap_model
+from vattcli.train.loop import Trainer, claim_run_dir, clear_run
 from vattcli.train.transfer import adopt_checkpoint_model, resample_positions
 from vattcli.train.pretrain import check_batch, clip_spec, loader_generator
 
 
-def build_classifier(cfg: FinetuneConfig, num_classes: int, *, ckpt: str | None) -> Classifier:
-    """The task's backbone (the tower of a pre-training checkpoint when given) plus a fresh head."""
+def build_classifier(cfg: FinetuneConfig, num_classes: int, *, ckpt: str | None, verify: bool = True) -> Classifier:
+    """The task's backbone (the tower of a pre-training checkpoint when given, its weights hash checked unless
+    ``verify`` is off) plus a fresh head."""
     modality = "audio" if cfg.modality == "audio" else "video"
     backbone = build_backbone(cfg.model, modality)
     if ckpt:
-        folder = find_checkpoint(ckpt)
+        folder = find_checkpoint(ckpt, verify=verify)
         load_weights(backbone, folder, prefix=f"{modality}.", reshape=resample_positions)
     bias = 0.0
     if cfg.head.loss == "sigmoid":
@@ -97,8 +98,8 @@ def evaluate_classifier(model: Classifier, cfg: FinetuneConfig, num_classes: int
     if not cfg.data.val:
         return {}
     folder = shard_folder(cfg.data.val, "val")
-    dataset = ShardDataset(shard_urls(folder), decode=decoders(cfg, num_classes, train=False), epochs=1, rank=0,
-                           world_size=1)
+    dataset = ShardDataset(shard_urls(folder, allow_incomplete=cfg.data.allow_incomplete),
+                           decode=decoders(cfg, num_classes, train=False), epochs=1, rank=0, world_size=1)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers)
     total = read_manifest(folder)["counts"]["written"]
     result = evaluate_views(model, loader, multilabel=cfg.head.loss == "sigmoid", device=device,
@@ -106,42 +107,56 @@ def evaluate_classifier(model: Classifier, cfg: FinetuneConfig, num_classes: int
     return {**result, "missing": total - result["count"], "paper": cfg.paper}
 
 
-def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, console: Console | None = None) -> dict:
-    """Fine-tune, then evaluate on ``data.val`` (4 x 3 views for video); writes ``eval.json`` in the run folder."""
+def run_finetune(cfg: FinetuneConfig, *, resume: str | None = None, overwrite: bool = False, verify: bool = True,
+                 console: Console | None = None) -> dict:
+    """Fine-tune, then evaluate on ``data.val`` (4 x 3 views for video); writes ``eval.json`` in the run folder.
+
+    The run folder is held for the whole run (one writer); one that already holds checkpoints needs ``resume`` or
+    ``overwrite``. ``verify`` checks the weights hash of the checkpoints loaded (``ckpt``, ``resume``). The summary
+    names the model trained (``model``), so results are compared with the paper's figure for that model only."""
     if cfg.head.linear_probe:
         raise ConfigError("head.linear_probe=true: run it with vattcli.train.probe_task.run_linear_probe "
                           "(`vatt finetune TASK --linear-probe`)")
     info = init_distributed(cfg.train.device)
     console = console or Console(stderr=True)
-    cfg = adopt_checkpoint_model(cfg, console)
     try:
-        torch.manual_seed(cfg.train.seed + info.rank)
-        if cfg.model.droptoken_rate > 0:
-            console.print(f"[yellow]note:[/] model.droptoken_rate={cfg.model.droptoken_rate}: the paper fine-tunes "
-                          "without DropToken (set model.droptoken_rate=0.0) [P A.2.1]")
-        classes = task_classes(cfg)
-        with torch.device(info.device):
-            model = build_classifier(cfg, len(classes), ckpt=cfg.ckpt)
-        local = check_batch(cfg.data, info, cfg.train.grad_accum)
-        train_root = next(iter(cfg.data.train.values()))
-        dataset = ShardDataset(shard_urls(train_root, "train"), shuffle_buffer=cfg.data.shuffle_buffer,
-                               seed=cfg.train.seed, decode=decoders(cfg, len(classes), train=True, device=info.device),
-                               rank=info.rank, world_size=info.world_size)
-        loader = ResumableLoader(dataset, batch_size=local, num_workers=cfg.data.num_workers,
-                                 pin_memory=info.device.type == "cuda", generator=loader_generator(cfg.train.seed))
-        clip = model.backbone.parameters() if cfg.optim.clip_scope == "backbone" else None
-        trainer = Trainer(model=wrap_model(model, info), step_fn=finetune_step(cfg, len(classes)),
-                          loader=loader, train=cfg.train, optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg),
-                          global_batch=cfg.data.batch_size, clip_params=clip, console=console)
-        if info.is_main:
-            Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
-            write_config(cfg, Path(cfg.train.run_dir) / "config.yaml")
-        if resume:
-            trainer.resume(resume)
-        summary = trainer.fit()
-        if info.is_main and summary["stopped"] == "finished":
-            summary["eval"] = evaluate_classifier(model, cfg, len(classes), info.device, console)
-            (Path(cfg.train.run_dir) / "eval.json").write_text(json.dumps(summary["eval"], indent=2))
-        return summary
+        cfg = adopt_checkpoint_model(cfg, console)
+        with claim_run_dir(cfg.train.run_dir, info, resume=resume, overwrite=overwrite):
+            summary = _finetune(cfg, info, resume=resume, overwrite=overwrite, verify=verify, console=console)
+            return {**summary, "model": cfg.model.name}
     finally:
         shutdown()
+
+
+def _finetune(cfg: FinetuneConfig, info: DistInfo, *, resume: str | None, overwrite: bool, verify: bool,
+              console: Console) -> dict:
+    torch.manual_seed(cfg.train.seed + info.rank)
+    if cfg.model.droptoken_rate > 0:
+        console.print(f"[yellow]note:[/] model.droptoken_rate={cfg.model.droptoken_rate}: the paper fine-tunes "
+                      "without DropToken (set model.droptoken_rate=0.0) [P A.2.1]")
+    classes = task_classes(cfg)
+    with torch.device(info.device):
+        model = build_classifier(cfg, len(classes), ckpt=cfg.ckpt, verify=verify)
+    local = check_batch(cfg.data, info, cfg.train.grad_accum)
+    train_root = next(iter(cfg.data.train.values()))
+    dataset = ShardDataset(shard_urls(train_root, "train", allow_incomplete=cfg.data.allow_incomplete),
+                           shuffle_buffer=cfg.data.shuffle_buffer,
+                           seed=cfg.train.seed, decode=decoders(cfg, len(classes), train=True, device=info.device),
+                           rank=info.rank, world_size=info.world_size)
+    loader = ResumableLoader(dataset, batch_size=local, num_workers=cfg.data.num_workers,
+                             pin_memory=info.device.type == "cuda", generator=loader_generator(cfg.train.seed))
+    clip = model.backbone.parameters() if cfg.optim.clip_scope == "backbone" else None
+    if info.is_main and overwrite:  # before the trainer, which may open its TensorBoard log in the run folder
+        clear_run(Path(cfg.train.run_dir))
+    trainer = Trainer(model=wrap_model(model, info), step_fn=finetune_step(cfg, len(classes)),
+                      loader=loader, train=cfg.train, optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg),
+                      global_batch=cfg.data.batch_size, clip_params=clip, console=console)
+    if resume:
+        trainer.resume(resume, verify=verify)
+    if info.is_main:  # after a resume was found usable: a refused one leaves the run folder as it was
+        write_config(cfg, Path(cfg.train.run_dir) / "config.yaml")
+    summary = trainer.fit()
+    if info.is_main and summary["stopped"] == "finished":
+        summary["eval"] = evaluate_classifier(model, cfg, len(classes), info.device, console)
+        (Path(cfg.train.run_dir) / "eval.json").write_text(json.dumps(summary["eval"], indent=2))
+    return summary

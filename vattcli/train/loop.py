@@ -6,6 +6,8 @@ A task gives a ``step_fn(model, batch) -> {"loss": tensor, other scalar parts}``
 non-blocking copies from pinned memory with the next batch already requested from the workers, and optionally
 ``torch.compile``; on CPU it runs in fp32. A preempted job saves a checkpoint at the end of the step it is in, so at
 most that step is lost, and ``--resume latest`` continues bit for bit on CPU (weights, optimiser, RNG, data position).
+One writer per run folder (design.md, Checkpoints): ``claim_run_dir`` holds its lock for the whole run and refuses
+to mix a fresh start with an earlier run's checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -26,10 +30,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from vattcli.checkpoints import (CheckpointManager, capture_rng, find_checkpoint, load_train_state, load_weights,
-                                 restore_rng)
+from vattcli.checkpoints import (TMP_PREFIX, CheckpointManager, capture_rng, find_checkpoint, load_train_state,
+                                 load_weights, read_meta, restore_rng)
 from vattcli.data.pipeline import finish_batch
-from vattcli.errors import CheckpointError, VattError
+from vattcli.errors import CheckpointError, ConfigError, VattError
+from vattcli.locking import FolderLock
 from vattcli.train.config import OptimConfig, TrainConfig
 from vattcli.train.distributed import DistInfo, all_reduce_mean, unwrap
 from vattcli.train.optim import build_optimizer, learning_rate, set_lr
@@ -85,13 +90,16 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_name = ""
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
+            log.warning("second SIGINT: stopping at once, without a checkpoint of this step")
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("received %s: saving a checkpoint at the end of this step", signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+        log.warning("received %s: saving a checkpoint at the end of this step", self.signal_name)
 
     def __enter__(self) -> StopRequest:
         with contextlib.suppress(ValueError):  # not the main thread: no handlers, nothing to restore
@@ -102,6 +110,37 @@ class StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _duration(seconds: float) -> str:
+    """``215`` -> ``3m35s``; ``4000`` -> ``1h06m``."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class PlainProgress:
+    """Progress as plain lines for logs and pipes (design.md, Progress): the first step, then at most one line
+    every ``every_s`` seconds, with step/total, the last loss, the rate and the ETA. The rate is measured from the
+    first step on, so the start-up (data workers, first batch) does not inflate the ETA after the first line."""
+
+    def __init__(self, console: Console, total: int, start_step: int, every_s: float = 10.0) -> None:
+        self.console, self.total, self.every_s = console, total, every_s
+        self.origin = (start_step, time.monotonic())
+        self.last: float | None = None
+
+    def update(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.every_s:
+            return
+        rate = (step - self.origin[0]) / max(now - self.origin[1], 1e-9)
+        if self.last is None:
+            self.origin = (step, now)
+        self.last = now
+        eta = (self.total - step) / rate if rate > 0 else math.inf
+        self.console.print(f"step {step}/{self.total} ({step / max(self.total, 1):.0%})  loss {loss:.4g}  "
+                           f"{rate:.3g} steps/s  ETA {_duration(eta)}", markup=False, highlight=False, soft_wrap=True)
 
 
 class Trainer:
@@ -133,15 +172,16 @@ class Trainer:
         self.tensorboard = _tensorboard(self.run_dir) if info.is_main else None
 
     # ----------------------------------------------------------------------------------------- state
-    def resume(self, spec: str) -> None:
+    def resume(self, spec: str, *, verify: bool = True) -> None:
         """Load weights, optimiser, RNG and data position from a checkpoint ('latest', 'best' or a folder);
-        'auto' resumes from the latest one if the run folder has one and starts afresh otherwise."""
-        try:
-            ckpt = find_checkpoint("latest" if spec == "auto" else spec, self.run_dir)
-        except CheckpointError:
-            if spec == "auto":
+        'auto' resumes from the latest one if the run folder has one and starts afresh otherwise. ``verify`` checks
+        the weights hash first (``--no-verify`` skips it): a corrupted checkpoint is an error, never a fresh start."""
+        if spec == "auto":
+            if CheckpointManager(self.run_dir, keep_last=None).latest() is None:
                 return
-            raise
+            spec = "latest"
+        ckpt = find_checkpoint(spec, self.run_dir, verify=verify)
+        self._refuse_later_checkpoints(ckpt)
         load_weights(unwrap(self.model), ckpt)
         state = load_train_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -151,6 +191,15 @@ class Trainer:
         restore_rng(state["rng"])
         if self.info.is_main:
             self.console.print(f"resumed from {ckpt} at step {self.step}")
+
+    def _refuse_later_checkpoints(self, ckpt: Path) -> None:
+        """Resuming from an earlier step than the run folder's latest would interleave two histories, and keep-last
+        (which keeps the highest steps) would then delete this run's new checkpoints in favour of the old ones."""
+        newest = CheckpointManager(self.run_dir, keep_last=None).latest()
+        step = int(read_meta(ckpt)["step"])
+        if newest is not None and int(read_meta(newest)["step"]) > step:
+            raise CheckpointError(f"{self.run_dir}: holds {newest.name}, later than {ckpt} (step {step}) to resume "
+                                  "from; resume into another train.run_dir, or move the later checkpoints away")
 
     def save(self, metrics: dict[str, float] | None = None) -> Path | None:
         data_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}
@@ -164,8 +213,12 @@ class Trainer:
             return None
         state = {"optimizer": self.optimizer.state_dict(), "data": data_state, "rng": capture_rng(),
                  "step": self.step}
-        return self.manager.save(self.step, unwrap(self.model), config=self.config_yaml, tokenizer=self.tokenizer,
+        ckpt = self.manager.save(self.step, unwrap(self.model), config=self.config_yaml, tokenizer=self.tokenizer,
                                  train_state=state, metrics=metrics or {}, metric=metric)
+        if not ckpt.is_dir():  # keep-last kept later steps of another run: never report a deleted checkpoint
+            raise TrainingError(f"{ckpt}: deleted by keep-last cleanup right after saving, because {self.run_dir} "
+                                "holds later checkpoints of another run; use a fresh train.run_dir or --overwrite")
+        return ckpt
 
     # ------------------------------------------------------------------------------------------ loop
     def _update(self, batch: Any) -> dict[str, float] | None:
@@ -208,11 +261,10 @@ class Trainer:
         mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
         progress.update(task, completed=self.step, status=f"{parts} lr {lr:.2e} {record['samples_per_s']:.1f}/s"
                         f"{mfu} data {record['data_wait']:.0%}")
-        if not progress.console.is_terminal:
-            self.console.print(f"step {self.step}: {parts} lr {lr:.2e}", highlight=False)
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``train.steps``; returns the last logged losses and why it stopped."""
+        """Train to ``train.steps``; returns the last logged losses and why it stopped ("finished", or the signal's
+        name, "SIGINT"/"SIGTERM", after saving a checkpoint of the last step)."""
         total = self.cfg.steps
         self.model.train()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +274,7 @@ class Trainer:
                             disable=not (self.info.is_main and self.console.is_terminal))
         log_path = self.run_dir / "metrics.jsonl"
         stopped = "finished"
+        plain = PlainProgress(self.console, total, self.step) if self.info.is_main and progress.disable else None
         with StopRequest() as stop, progress, \
                 (open(log_path, "a", encoding="utf-8") if self.info.is_main else contextlib.nullcontext()) as log_file:
             task = progress.add_task("train", total=total, completed=self.step, status="")
@@ -251,16 +304,79 @@ class Trainer:
                     torch.cuda.synchronize(self.info.device)
                 stats.add(values, t_data, time.perf_counter() - t0)
                 last = values
+                if plain is not None:
+                    plain.update(self.step, values["loss"])
                 if self.info.is_main and (self.step % self.cfg.log_every == 0 or self.step == total):
                     self._log(stats, lr, progress, task, log_file)
                     stats = StepStats()
                 if stop.requested:
-                    stopped = "signal"
+                    stopped = stop.signal_name
                     break
                 if self.step % self.cfg.ckpt_every == 0 and self.step < total:
                     self.save(last)
         ckpt = self.save(last)
         return {"step": self.step, "stopped": stopped, "losses": last, "checkpoint": str(ckpt) if ckpt else None}
+
+
+RUN_FILES = ("best.json", "metrics.jsonl", "eval.json", "config.yaml")  # what a run writes beside its checkpoints
+
+
+def clear_run(run: Path) -> None:
+    """``--overwrite``: delete an earlier run's checkpoints and records (only what a run writes; nothing else).
+    Called once the new run is set up, so a run that fails to start leaves the old one intact. Each checkpoint is
+    first renamed out of the ``ckpt-*`` namespace, so an interrupted clean-up never leaves a half-deleted folder
+    that looks like a checkpoint (the next save removes such leftovers)."""
+    for ckpt in run.glob("ckpt-*"):
+        trash = run / f"{TMP_PREFIX}{ckpt.name[len('ckpt-'):]}-{os.getpid()}.old"
+        os.replace(ckpt, trash)
+        shutil.rmtree(trash)
+    for name in RUN_FILES:
+        (run / name).unlink(missing_ok=True)
+    shutil.rmtree(run / "tb", ignore_errors=True)
+
+
+def _check_run_dir(run: Path, resume: str | None, overwrite: bool) -> None:
+    """A folder holding checkpoints is continued (``--resume``) or replaced (``--overwrite``), never mixed into."""
+    if resume or overwrite or not any(run.glob("ckpt-*")):
+        return
+    latest = CheckpointManager(run, keep_last=None).latest()
+    last = f"latest step {read_meta(latest)['step']}" if latest is not None else "none of them complete"
+    raise CheckpointError(f"{run}: already holds checkpoints of a run ({last}); add --resume latest to continue "
+                          "it, or --overwrite to delete them and start afresh")
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: str | Path, info: DistInfo, *, resume: str | None = None, overwrite: bool = False):
+    """Hold the run folder's lock (main rank) for the whole run, after checking what it holds: one writer per run
+    folder (design.md). On several ranks the main rank's verdict is broadcast, so every rank stops with one error."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: choose one (continue the run, or delete it and start afresh)")
+    run = Path(run_dir)
+    existed = run.exists()
+    lock = FolderLock(run, "training run") if info.is_main else None
+    failure: VattError | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+            _check_run_dir(run, resume, overwrite)
+        except VattError as e:
+            lock.release()  # a no-op when the lock was not taken
+            failure = e
+    if info.distributed:
+        import torch.distributed as dist
+
+        box = [failure]
+        dist.broadcast_object_list(box, src=0)
+        failure = box[0]
+    if failure is not None:
+        raise failure
+    try:
+        yield run
+    finally:
+        if lock is not None:
+            lock.release()
+            if not existed and run.is_dir() and not any(run.iterdir()):
+                run.rmdir()  # a run that wrote nothing leaves no empty folder behind
 
 
 def _tensorboard(run_dir: Path) -> Any:

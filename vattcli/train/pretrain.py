@@ -23,7 +23,7 @@ from vattcli.train.config import DataConfig, PretrainConfig
 from vattcli.data.folders import shard_folder, shard_urls
 from vattcli.train.data import MixedShardDataset, SyntheticPretrainLoader
 from vattcli.train.distributed import DistInfo, init_distributed, shutdown, wrap_model
-from vattcli.train.loop import Trainer
+from vattcli.train.loop import Trainer, claim_run_dir, clear_run
 
 
 def raw_video(data: DataConfig, device: torch.device | None) -> bool:
@@ -79,7 +79,7 @@ def build_loader(cfg: PretrainConfig, info: DistInfo, tokenizer: Any) -> Any:
                                        audio_samples=round(data.frames / data.fps * data.audio_rate),
                                        num_captions=data.num_captions, text_len=data.text_len,
                                        vocab_size=cfg.model.vocab_size, seed=cfg.train.seed)
-    sources = {name: shard_urls(path) for name, path in data.train.items()}
+    sources = {name: shard_urls(path, allow_incomplete=data.allow_incomplete) for name, path in data.train.items()}
     decoder = PretrainDecoder(clip_spec(data, info.device), tokenizer, train=True, seed=cfg.train.seed)
     dataset = MixedShardDataset(sources, data.weights, shuffle_buffer=data.shuffle_buffer, seed=cfg.train.seed,
                                 decode=decoder, rank=info.rank, world_size=info.world_size)
@@ -102,38 +102,50 @@ def pretrain_step(loss_fn: PretrainLoss):
     return step
 
 
-def run_pretrain(cfg: PretrainConfig, *, resume: str | None = None, console: Console | None = None) -> dict:
-    """Build model, data and loss from ``cfg`` and train; returns the trainer's summary."""
+def run_pretrain(cfg: PretrainConfig, *, resume: str | None = None, overwrite: bool = False, verify: bool = True,
+                 console: Console | None = None) -> dict:
+    """Build model, data and loss from ``cfg`` and train; returns the trainer's summary.
+
+    The run folder is held for the whole run (one writer); one that already holds checkpoints needs ``resume`` or
+    ``overwrite`` (which deletes them once the new run is set up). ``verify`` checks the resumed checkpoint's
+    weights hash."""
     info = init_distributed(cfg.train.device)
     try:
-        torch.manual_seed(cfg.train.seed + info.rank)
-        tok_path = tokenizer_file(cfg.data)
-        tokenizer = None
-        if tok_path is not None:
-            from vattcli.data.text import TextTokenizer
-
-            tokenizer = TextTokenizer.load(tok_path)
-            if tokenizer.vocab_size > cfg.model.vocab_size:
-                raise ConfigError(f"tokenizer {tok_path} has {tokenizer.vocab_size} ids but model.vocab_size is "
-                                  f"{cfg.model.vocab_size}; set model.vocab_size={tokenizer.vocab_size} or more")
-        with torch.device(info.device):
-            model = VATT(cfg.model)
-        loader = build_loader(cfg, info, tokenizer)
-        loss_fn = PretrainLoss(va_weight=cfg.loss.va_weight, vt_weight=cfg.loss.vt_weight, combine=cfg.loss.combine,
-                               temperature=cfg.loss.temperature, symmetric=cfg.loss.symmetric)
-        wrapped = wrap_model(model, info)
-        flops = estimate_flops(cfg.model, video_shape=(cfg.data.frames, cfg.data.size, cfg.data.size),
-                               audio_samples=round(cfg.data.frames / cfg.data.fps * cfg.data.audio_rate),
-                               text_len=cfg.data.text_len, num_captions=cfg.data.num_captions, droptoken=True,
-                               training=True).total
-        trainer = Trainer(model=wrapped, step_fn=pretrain_step(loss_fn), loader=loader, train=cfg.train,
-                          optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg), tokenizer=tok_path,
-                          flops_per_sample=flops, global_batch=cfg.data.batch_size, console=console)
-        if info.is_main:
-            Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
-            write_config(cfg, Path(cfg.train.run_dir) / "config.yaml")
-        if resume:
-            trainer.resume(resume)
-        return trainer.fit()
+        with claim_run_dir(cfg.train.run_dir, info, resume=resume, overwrite=overwrite):
+            return _pretrain(cfg, info, resume=resume, overwrite=overwrite, verify=verify, console=console)
     finally:
         shutdown()
+
+
+def _pretrain(cfg: PretrainConfig, info: DistInfo, *, resume: str | None, overwrite: bool, verify: bool,
+              console: Console | None) -> dict:
+    torch.manual_seed(cfg.train.seed + info.rank)
+    tok_path = tokenizer_file(cfg.data)
+    tokenizer = None
+    if tok_path is not None:
+        from vattcli.data.text import TextTokenizer
+
+        tokenizer = TextTokenizer.load(tok_path)
+        if tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"tokenizer {tok_path} has {tokenizer.vocab_size} ids but model.vocab_size is "
+                              f"{cfg.model.vocab_size}; set model.vocab_size={tokenizer.vocab_size} or more")
+    with torch.device(info.device):
+        model = VATT(cfg.model)
+    loader = build_loader(cfg, info, tokenizer)
+    loss_fn = PretrainLoss(va_weight=cfg.loss.va_weight, vt_weight=cfg.loss.vt_weight, combine=cfg.loss.combine,
+                           temperature=cfg.loss.temperature, symmetric=cfg.loss.symmetric)
+    wrapped = wrap_model(model, info)
+    flops = estimate_flops(cfg.model, video_shape=(cfg.data.frames, cfg.data.size, cfg.data.size),
+                           audio_samples=round(cfg.data.frames / cfg.data.fps * cfg.data.audio_rate),
+                           text_len=cfg.data.text_len, num_captions=cfg.data.num_captions, droptoken=True,
+                           training=True).total
+    if info.is_main and overwrite:  # before the trainer, which may open its TensorBoard log in the run folder
+        clear_run(Path(cfg.train.run_dir))
+    trainer = Trainer(model=wrapped, step_fn=pretrain_step(loss_fn), loader=loader, train=cfg.train,
+                      optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg), tokenizer=tok_path,
+                      flops_per_sample=flops, global_batch=cfg.data.batch_size, console=console)
+    if resume:
+        trainer.resume(resume, verify=verify)
+    if info.is_main:  # after a resume was found usable: a refused one leaves the run folder as it was
+        write_config(cfg, Path(cfg.train.run_dir) / "config.yaml")
+    return trainer.fit()

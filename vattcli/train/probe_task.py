@@ -16,6 +16,7 @@ from vattcli.core.model import build_backbone
 from vattcli.data.pipeline import AudioDecoder, EvalViewsDecoder
 from vattcli.data.shards import MANIFEST
 from vattcli.errors import ConfigError
+from vattcli.locking import FolderLock
 from vattcli.eval.probe import Features, extract_features, probe_accuracy, train_probe
 from vattcli.checkpoints import find_checkpoint, load_weights
 from vattcli.data.folders import manifest_classes, shard_urls
@@ -40,7 +41,9 @@ def probe_splits(root: Path) -> list[tuple[list[str], str]]:
     return pairs
 
 
-def run_linear_probe(cfg: FinetuneConfig, *, console: Console | None = None) -> dict:
+def run_linear_probe(cfg: FinetuneConfig, *, verify: bool = True, console: Console | None = None) -> dict:
+    """Probe every split pair; ``verify`` checks the checkpoint's weights hash. The run folder's lock is held while
+    its config and ``eval.json`` are written (one writer per folder)."""
     console = console or Console(stderr=True)
     cfg = adopt_checkpoint_model(cfg, console)
     device = pick_device(cfg.train.device)
@@ -51,7 +54,8 @@ def run_linear_probe(cfg: FinetuneConfig, *, console: Console | None = None) -> 
     modality = "audio" if cfg.modality == "audio" else "video"
     backbone = build_backbone(replace(cfg.model, droptoken_rate=0.0), modality).to(device)
     if cfg.ckpt:
-        load_weights(backbone, find_checkpoint(cfg.ckpt), prefix=f"{modality}.", reshape=resample_positions)
+        load_weights(backbone, find_checkpoint(cfg.ckpt, verify=verify), prefix=f"{modality}.",
+                     reshape=resample_positions)
     spec = clip_spec(cfg.data)
     seconds = cfg.data.frames / cfg.data.fps
 
@@ -65,7 +69,8 @@ def run_linear_probe(cfg: FinetuneConfig, *, console: Console | None = None) -> 
 
     def features(split: str, train: bool) -> Features:
         if (split, train) not in cache:
-            cache[(split, train)] = extract_features(backbone, shard_urls(root / split), decode(train), device=device,
+            urls = shard_urls(root / split, allow_incomplete=cfg.data.allow_incomplete)
+            cache[(split, train)] = extract_features(backbone, urls, decode(train), device=device,
                                                      num_workers=cfg.data.num_workers, label=f"features {split}",
                                                      console=console)
         return cache[(split, train)]
@@ -83,7 +88,8 @@ def run_linear_probe(cfg: FinetuneConfig, *, console: Console | None = None) -> 
     mean = sum(r["top1"] for r in results.values()) / len(results)
     summary = {"task": cfg.task, "linear_probe": True, "splits": results, "top1_mean": mean, "paper": cfg.paper}
     run = Path(cfg.train.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run / "config.yaml")
-    (run / "eval.json").write_text(json.dumps(summary, indent=2))
-    return {"step": cfg.train.steps, "stopped": "finished", "eval": summary, "checkpoint": None}
+    with FolderLock(run, "linear probe"):
+        write_config(cfg, run / "config.yaml")
+        (run / "eval.json").write_text(json.dumps(summary, indent=2))
+    return {"step": cfg.train.steps, "stopped": "finished", "eval": summary, "checkpoint": None,
+            "model": cfg.model.name}

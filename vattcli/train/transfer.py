@@ -29,7 +29,7 @@ def adopt_checkpoint_model(cfg: FinetuneConfig, console: Console) -> FinetuneCon
     fine-tuning settings: DropToken rate, positional grid, audio buckets, dropout."""
     if not cfg.ckpt:
         return cfg
-    folder = find_checkpoint(cfg.ckpt)
+    folder = find_checkpoint(cfg.ckpt, verify=False)  # config.yaml only; the weights are verified where loaded
     stored = from_dict(ModelConfig, read_config(folder).get("model", {}), source=str(folder / "config.yaml"))
     model = replace(stored, droptoken_rate=cfg.model.droptoken_rate, video_grid=cfg.model.video_grid,
                     audio_buckets=cfg.model.audio_buckets, dropout=cfg.model.dropout)
