@@ -46,6 +46,10 @@ demo: $(STAMP)
 	@echo "  zero-shot retrieval figures                  runs/toy-pretrain/eval-youcook2.json"
 	@echo "  retrieval index 'toy'                        $(VATT_HOME)/indexes/toy/"
 	@echo "  exported towers                              runs/toy-export/"
+	@echo ""
+	@echo "next, in any shell (vatt is in .venv/bin):"
+	@echo "  source $(CURDIR)/.venv/bin/activate"
+	@echo "  vatt retrieve \"a green square moving up\" --index $(VATT_HOME)/indexes/toy --top-k 5"
 
 bench: $(STAMP)
 	$(PY) bench/bench_backbone.py --layers 4 --rounds 3

@@ -1,8 +1,8 @@
 """Reading a TensorFlow checkpoint with ``TensorBundle`` against plainly reading its bytes, side by side in one process.
 
 Writes a synthetic TensorBundle (``--tensors`` float32 tensors totalling ``--mb`` MiB in one shard; the ``.index`` is
-an uncompressed one-block SSTable from the minimal writer below) to a temporary folder, then times, in alternating
-rounds (median reported):
+an uncompressed one-block SSTable from the minimal writer of tests/tfbundle.py) to a temporary folder, then times, in
+alternating rounds (median reported):
 
   (a) plain: the ``.data`` file read in 16 MiB chunks into one reused buffer (the floor for touching every byte once);
   (b) ``TensorBundle(prefix)`` and ``read(name)`` of every tensor with ``verify=True`` (crc32c over every byte);
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,59 +36,23 @@ from timing import emit, timed
 
 from vattcli.convert.bundle import TensorBundle
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tfbundle import CODES, BundleWriter, numeric  # noqa: E402  (the minimal TensorBundle writer of the tests)
+
 CHUNK = 16 << 20
 CPU = torch.device("cpu")
 
 
-# ------------------------------------------------------------------------------------------- a minimal writer
+# ------------------------------------------------------------------------------------------- the bundle
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n >= 0x80 else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _field(num: int, value: int | bytes) -> bytes:
-    if isinstance(value, bytes):
-        return _varint(num << 3 | 2) + _varint(len(value)) + value
-    return _varint(num << 3) + _varint(value) if value else b""
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = google_crc32c.value(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def write_bundle(prefix: Path, tensors: int, total: int, seed: int = 0) -> int:
+def write_random(prefix: Path, tensors: int, total: int, seed: int = 0) -> int:
     """``tensors`` random float32 (rows, 256) tensors of about ``total`` bytes in all; returns the bytes written."""
     rng, rows = np.random.default_rng(seed), max(1, total // tensors // 1024)
-    items, offset = [(b"", _field(1, 1) + _field(3, _field(1, 1)))], 0  # header: 1 shard, little-endian, version 1
-    with open(f"{prefix}.data-00000-of-00001", "wb") as f:
+    with BundleWriter(prefix, per_block=None) as bundle:
         for i in range(tensors):
-            data = rng.standard_normal((rows, 256), dtype=np.float32).tobytes()
-            shape = _field(2, _field(1, rows)) + _field(2, _field(1, 256))
-            entry = _field(1, 1) + _field(2, shape) + _field(4, offset) + _field(5, len(data))
-            entry += b"\x35" + struct.pack("<I", _masked_crc(data))  # field 6, fixed32: the masked crc32c
-            items.append((f"model/layer_{i:04d}/kernel".encode(), entry))
-            f.write(data)
-            offset += len(data)
-    out = bytearray()
-
-    def put(entries: list[tuple[bytes, bytes]]) -> bytes:
-        """One block (no key sharing, one restart point) with its trailer; returns its BlockHandle."""
-        block = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
-        block += struct.pack("<II", 0, 1) + b"\x00"
-        handle = _varint(len(out)) + _varint(len(block) - 1)
-        out.extend(block + struct.pack("<I", _masked_crc(block)))
-        return handle
-
-    data_block = put(items)
-    handles = put([]) + put([(items[-1][0], data_block)])
-    Path(f"{prefix}.index").write_bytes(bytes(out) + handles.ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57))
-    return offset
+            array = rng.standard_normal((rows, 256), dtype=np.float32)
+            bundle.add(f"model/layer_{i:04d}/kernel", numeric(array, CODES["float32"]))
+    return bundle.nbytes
 
 
 # ------------------------------------------------------------------------------------------- the readings
@@ -144,7 +108,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vatt-bench-convert-") as tmp:
         prefix = Path(tmp) / "ckpt-1"
-        nbytes = write_bundle(prefix, args.tensors, args.mb << 20)
+        nbytes = write_random(prefix, args.tensors, args.mb << 20)
         data_mb, data_file = nbytes / (1 << 20), Path(f"{prefix}.data-00000-of-00001")
         rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports, writing
         buffer = bytearray(CHUNK)

@@ -1,19 +1,17 @@
-"""The TensorBundle reader against checkpoints the official TensorFlow code wrote, a bundle written here by an
-independent minimal writer, and corrupted copies of both."""
+"""The TensorBundle reader against checkpoints the official TensorFlow code wrote, bundles written by the
+independent minimal writer of tests/tfbundle.py, and corrupted copies of both."""
 
 from __future__ import annotations
 
 import mmap
 import os
 import shutil
-import struct
 from pathlib import Path
-from typing import NamedTuple
 
-import google_crc32c
 import numpy as np
 import pytest
 
+from tfbundle import numeric, pb, strings, write_bundle
 from vattcli.convert.bundle import TensorBundle, resolve_prefix
 from vattcli.errors import ConvertError
 
@@ -25,93 +23,6 @@ DATA = "ckpt-0.data-00000-of-00001"
 
 def var(path: str) -> str:
     return f"model/layer_with_weights-0/{path}/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-# ------------------------------------------------------------------------------ a minimal independent bundle writer
-
-class Spec(NamedTuple):
-    code: int  # TF DataType enum
-    shape: tuple[int, ...]
-    data: bytes
-    crc: int  # unmasked crc32c
-    extra: bytes = b""  # raw protobuf appended to the entry
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n >= 0x80 else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def pb(*fields: tuple[int, int | bytes]) -> bytes:
-    """Varint (int) or length-delimited (bytes) fields; zero ints omitted, as proto3 does."""
-    out = b""
-    for num, v in fields:
-        if isinstance(v, bytes):
-            out += uvarint(num << 3 | 2) + uvarint(len(v)) + v
-        elif v:
-            out += uvarint(num << 3) + uvarint(v)
-    return out
-
-
-def mask(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def numeric(a: np.ndarray, code: int) -> Spec:
-    data = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
-    return Spec(code, a.shape, data, google_crc32c.value(data))
-
-
-def strings(items: list[bytes]) -> Spec:
-    lengths = b"".join(uvarint(len(s)) for s in items)
-    crc = google_crc32c.value(b"".join(struct.pack("<I", len(s)) for s in items))
-    rest = struct.pack("<I", mask(crc)) + b"".join(items)
-    return Spec(7, (len(items),), lengths + rest, google_crc32c.extend(crc, rest))
-
-
-def block(entries: list[tuple[bytes, bytes]]) -> bytes:
-    out, prev = b"", b""
-    for key, value in entries:
-        shared = len(os.path.commonprefix([prev, key]))
-        out += uvarint(shared) + uvarint(len(key) - shared) + uvarint(len(value)) + key[shared:] + value
-        prev = key
-    return out + struct.pack("<II", 0, 1)  # one restart point at 0
-
-
-def table(items: list[tuple[bytes, bytes]], per_block: int, compression: int = 0) -> bytes:
-    out = bytearray()
-
-    def put(contents: bytes) -> bytes:
-        handle = uvarint(len(out)) + uvarint(len(contents))
-        out.extend(contents + bytes([compression]))
-        out.extend(struct.pack("<I", mask(google_crc32c.value(contents + bytes([compression])))))
-        return handle
-
-    index = [(items[i:i + per_block][-1][0], put(block(items[i:i + per_block])))
-             for i in range(0, len(items), per_block)]
-    handles = put(block([])) + put(block(index))
-    return bytes(out) + handles.ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57)
-
-
-def write_bundle(prefix: Path, specs: dict[str, Spec], *, shards: int = 1, endian: int = 0, per_block: int = 2,
-                 compression: int = 0) -> Path:
-    """Tensor i goes to shard i % shards; the index holds the header then the entries in key order."""
-    data = [bytearray() for _ in range(shards)]
-    items = [(b"", pb((1, shards), (2, endian), (3, pb((1, 1)))))]
-    for i, (name, s) in enumerate(sorted(specs.items())):
-        shard = data[i % shards]
-        shape = pb(*[(2, pb((1, d))) for d in s.shape])
-        entry = pb((1, s.code), (2, shape), (3, i % shards), (4, len(shard)), (5, len(s.data)))
-        items.append((name.encode(), entry + b"\x35" + struct.pack("<I", mask(s.crc)) + s.extra))  # 6: fixed32
-        shard.extend(s.data)
-    prefix.with_name(prefix.name + ".index").write_bytes(table(items, per_block, compression))
-    for k, d in enumerate(data):
-        prefix.with_name(f"{prefix.name}.data-{k:05d}-of-{shards:05d}").write_bytes(d)
-    return prefix
 
 
 # ------------------------------------------------------------------------------ official fixtures

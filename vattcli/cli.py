@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vattcli import __version__
+from vattcli.commands import convert as convert_commands
 from vattcli.commands import evaluate as evaluate_commands
 from vattcli.commands import export as export_commands
 from vattcli.commands import retrieve as retrieve_commands
@@ -36,6 +37,7 @@ app.command("finetune")(train_commands.finetune)
 app.command("evaluate")(evaluate_commands.evaluate)
 app.command("retrieve")(retrieve_commands.retrieve)
 app.command("export")(export_commands.export)
+app.command("convert")(convert_commands.convert)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 

@@ -300,6 +300,15 @@ class TensorBundle:
             self._check_crc(name, e, crc)
         return np.frombuffer(buf, np_dtype, count, e.offset).reshape(e.shape)
 
+    def release(self, name: str) -> None:
+        """Let the kernel drop the mapped pages of ``name`` (read again from the file if touched later): a
+        conversion that has written a tensor releases it, so resident memory does not grow with the checkpoint."""
+        e = self._get(name)
+        buf = self._maps[e.shard] if self._maps else b""
+        if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") and e.size:
+            start = e.offset - e.offset % mmap.PAGESIZE
+            buf.madvise(mmap.MADV_DONTNEED, start, e.offset + e.size - start)
+
     def _check_crc(self, name: str, e: _Entry, crc: int | None) -> None:
         if crc is None or _mask(crc) != e.crc:
             raise ConvertError(f"{self.data_files[e.shard]}: tensor {name} fails its crc32c check (corrupt data)")
