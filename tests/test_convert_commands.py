@@ -65,6 +65,11 @@ def test_zero_shot_evaluation_builds_an_index_that_text_search_reads(converted, 
     scores = load_file(str(index / "embeddings.safetensors"))["video_vt"].double().numpy() @ q
     np.testing.assert_allclose([r["score"] for r in results], np.sort(scores)[::-1][:3], atol=1e-5)
 
+    env = {**os.environ, "VATT_HOME": str(tmp_path)}  # a query whose bytes are not UTF-8 (a mis-encoded file name)
+    proc = subprocess.run([VATT.encode(), b"retrieve", b"w00010 \xff\xfe", b"--index", b"conv"], capture_output=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2 and b"not valid UTF-8" in proc.stderr.splitlines()[0], proc.stderr
+
 
 def test_finetuning_starts_from_the_converted_video_tower(converted, toy_data, tmp_path):
     kinetics = toy_data / "shards" / "kinetics"
@@ -81,6 +86,18 @@ def test_export_writes_each_tower(converted, tmp_path):
     for tower in ("video", "audio", "text"):
         assert (tmp_path / "export" / tower / "model.safetensors").is_file()
     assert (tmp_path / "export" / "text" / "tokenizer.txt").is_file()
+
+
+
+def test_onnx_without_the_extra_names_it_intact(converted, tmp_path):
+    try:
+        import onnx  # noqa: F401
+        pytest.skip("onnx is installed here")
+    except ImportError:
+        pass
+    proc = vatt("export", converted, "--format", "onnx", "--out", tmp_path / "onnx", home=tmp_path)
+    assert proc.returncode == 2 and "pip install 'vattcli[onnx]'" in proc.stderr.splitlines()[0], proc.stderr
+    assert not (tmp_path / "onnx").exists()
 
 
 @pytest.fixture(scope="module")

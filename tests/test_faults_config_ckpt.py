@@ -177,7 +177,7 @@ def test_one_export_hashes_a_settled_checkpoint_once_and_a_later_change_is_caugh
     shutil.copytree(world["ckpt"], copy)
     time.sleep(1.1)  # a digest is kept only for a file unchanged for a second before hashing
     calls = []
-    monkeypatch.setattr(weights, "_sha256", lambda path, real=weights._sha256: calls.append(path) or real(path))
+    monkeypatch.setattr(weights, "file_sha256", lambda path, real=weights.file_sha256: calls.append(path) or real(path))
     export_checkpoint(copy, tmp_path / "towers", tower="text")  # find, load_model and the record all need the hash
     assert calls == [copy / ck.WEIGHTS]
     data = bytearray((copy / ck.WEIGHTS).read_bytes())
