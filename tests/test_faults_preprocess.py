@@ -28,8 +28,13 @@ SIZE = (48, 64)
 TIMEOUT = 120
 
 
+# a run inside a Slurm array task or a Kubernetes indexed job would otherwise preprocess one part only
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_ARRAY_") and k != "JOB_COMPLETION_INDEX"}
+
+
 def vatt(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VATT), *map(str, args)], capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
+    return subprocess.run([str(VATT), *map(str, args)], capture_output=True, text=True, timeout=TIMEOUT,
+                          **{"env": ENV, **kwargs})
 
 
 def first_line(text: str) -> str:
@@ -236,7 +241,8 @@ def stop_mid_run(root: Path, out: Path, sig: signal.Signals, group: bool) -> sub
     group as a terminal's Ctrl-C does, or to the main process as a scheduler does), then let it go on."""
     cmd = [str(VATT), "preprocess", "custom", "--root", str(root), "--out", str(out), "--workers", "2",
            "--shard-samples", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=ENV)
     try:
         wait_for(out / "train/manifest.json")
         os.killpg(proc.pid, signal.SIGSTOP)
@@ -291,7 +297,7 @@ def test_sigterm_stops_with_143_and_keeps_finished_shards(tmp_path, many_videos)
 def test_second_run_into_the_same_out_is_refused_naming_the_owner(tmp_path, many_videos):
     out = tmp_path / "out"
     first = subprocess.Popen([str(VATT), "preprocess", "custom", "--root", str(many_videos), "--out", str(out),
-                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         wait_for(out / ".vatt.lock")
         os.kill(first.pid, signal.SIGSTOP)  # hold the first run mid-way, lock taken

@@ -8,7 +8,7 @@ import math
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from vattcli.data.adapters import REGISTRY
 from vattcli.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from vattcli.data.parts import Part
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   help="Turn raw datasets (official layouts) into training-ready tar shards; nothing is downloaded.")
@@ -30,6 +33,8 @@ LIMITS = {
     "limit": ("--limit", 1, None, "source files"),
     "audio_rate": ("--audio-rate", 1000, 384_000, "samples per second"),
     "shard_samples": ("--shard-samples", 1, None, "samples per shard"),
+    "sample": ("--sample", 1, None, "sources to probe"),
+    "parts": ("--parts", 1, 100_000, "parts"),
 }
 FLAG_NOTES = {"audio_padded": "soundtrack shorter than the video, padded with silence",
               "partial": "kept with --keep-partial although truncated or corrupt"}
@@ -71,7 +76,8 @@ def resume_command(name: str, params: dict[str, Any]) -> str:
 def _register(name: str) -> None:
     def command(
         root: Path = typer.Option(..., "--root", help="Folder holding the official annotation files and videos."),
-        out: Path = typer.Option(..., "--out", help="Output folder; shards go to OUT/SPLIT/."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder; shards go to OUT/SPLIT/ (required "
+                                                                "unless --estimate)."),
         split: Optional[str] = typer.Option(None, help="Which split to write (default: the first listed)."),
         workers: int = typer.Option(max(1, (os.cpu_count() or 2) - 1), help="Worker processes for transcoding."),
         limit: Optional[int] = typer.Option(None, help="Process at most N source files (a quick look)."),
@@ -88,23 +94,38 @@ def _register(name: str) -> None:
         option: Optional[list[str]] = typer.Option(None, "--option", "-o",
                                                    help="Dataset option KEY=VALUE (e.g. num_captions=5)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        part: Optional[str] = typer.Option(None, "--part", metavar="I/N",
+                                           help="Write only part I of N (I counts from 1), e.g. 3/16; default: from "
+                                                "SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX. Then `vatt preprocess "
+                                                "merge OUT`."),
+        parts: Optional[int] = typer.Option(None, "--parts", help="Number of parts for a Kubernetes indexed Job "
+                                            "(its completions; or set VATT_PARTS)."),
+        estimate: bool = typer.Option(False, "--estimate", help="Probe a sample of the sources and print media "
+                                      "hours, core-hours at this machine's measured rate and output size; writes "
+                                      "nothing."),
+        sample: int = typer.Option(20, "--sample", help="Sources probed by --estimate."),
     ) -> None:
         from vattcli.data.adapters import get_adapter
-        from vattcli.data.preprocess import Settings, run_preprocess
+        from vattcli.data.preprocess import Settings
 
         check_numbers(fps=fps, short_side=short_side, workers=workers, limit=limit, audio_rate=audio_rate,
-                      shard_samples=shard_samples)
+                      shard_samples=shard_samples, sample=sample, parts=parts)
+        if out is None and not estimate:
+            raise ConfigError("--out: expected the output folder (shards go to OUT/SPLIT/)")
+        chosen = None if estimate else _part(part, parts)
         adapter = get_adapter(name, **_options(option))
         split = split or adapter.splits[0]
         settings = Settings(fps=fps or adapter.fps, short_side=short_side, audio_rate=audio_rate,
                             keep_partial=keep_partial)
+        if estimate:
+            _estimate(adapter, root, split, settings, sample, limit, as_json)
+            return
         again = resume_command(name, {"root": root, "out": out, "split": split, "workers": workers, "limit": limit,
                                       "fps": fps, "short_side": short_side, "audio_rate": audio_rate,
                                       "shard_samples": shard_samples, "keep_partial": keep_partial,
-                                      "option": option})
-        summary = run_preprocess(adapter, root, out, split, settings=settings, workers=workers, limit=limit,
-                                 resume=resume, overwrite=overwrite, max_samples=shard_samples, console=console,
-                                 resume_command=again)
+                                      "option": option, "part": str(chosen) if chosen else None})
+        summary = _run(adapter, root, out, split, settings=settings, workers=workers, limit=limit, resume=resume,
+                       overwrite=overwrite, max_samples=shard_samples, resume_command=again, part=chosen)
         if as_json:
             typer.echo(summary_json(summary))
         else:
@@ -116,8 +137,56 @@ def _register(name: str) -> None:
     app.command(name)(command)
 
 
+def _part(text: str | None, parts: int | None) -> Part | None:
+    """The part this run writes (``--part``, else the scheduler's environment), announced on the first line."""
+    from vattcli.data.parts import describe, resolve_part
+
+    chosen = resolve_part(text, parts, os.environ)
+    if chosen is not None:
+        console.print(describe(chosen), markup=False, highlight=False, soft_wrap=True)
+    return chosen
+
+
+def _run(adapter: Any, root: Path, out: Path, split: str, **kwargs: Any) -> dict[str, Any]:
+    from vattcli.data.preprocess import run_preprocess
+
+    return run_preprocess(adapter, root, out, split, console=console, **kwargs)
+
+
+def _estimate(adapter: Any, root: Path, split: str, settings: Any, sample: int, limit: int | None,
+              as_json: bool) -> None:
+    from vattcli.data.estimate import estimate_lines, estimate_run
+
+    result = estimate_run(adapter, root, split, settings=settings, sample=sample, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        Console(soft_wrap=True, highlight=False).print("\n".join(estimate_lines(result)), markup=False)
+
+
 for _name in REGISTRY:
     _register(_name)
+
+
+@app.command("merge")
+def merge(
+    out: Path = typer.Argument(..., help="The --out of the part runs."),
+    split: Optional[str] = typer.Option(None, help="Which split to merge (default: the only one with parts)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Check that every part of a split run (`--part I/N`) is there and complete and that no sample key occurs
+    twice, then write the dataset manifest the readers use (totals, skip counts by reason, hours)."""
+    from vattcli.data.parts import merge_parts
+
+    summary = merge_parts(out, split)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(summary["skipped"].items())) or "none"
+    Console(soft_wrap=True, highlight=False).print(
+        f"merged {summary['parts']} parts in {summary['folder']}: {summary['written']} samples in "
+        f"{summary['shards']} shards, {summary['hours']:.3f} hours; skipped: {skipped}\n"
+        f"manifest: {summary['manifest']}", markup=False)
 
 
 @app.command("tokenizer")
@@ -174,11 +243,14 @@ def toy(
 
 
 def check_written(summary: dict[str, Any], root: Path) -> None:
-    """Raise DataError when a run wrote no sample at all ("0 of N written" is a failure, not a success)."""
+    """Raise DataError when a run wrote no sample at all ("0 of N written" is a failure, not a success). A part
+    whose share of a dataset with inputs is empty (more parts than sources) is a success: merge needs its manifest."""
     if summary["written"] or summary["already_done"]:
         return
     total = sum(summary["skipped"].values())
-    where = f"{summary['dataset']}/{summary['split']}"
+    if summary.get("part") and not total and summary["dataset_inputs"]:
+        return
+    where = f"{summary['dataset']}/{summary['split']}" + (f" part {summary['part']}" if summary.get("part") else "")
     if not total:
         raise DataError(f"0 of 0 written: {where} found no inputs under {root}")
     if summary["top_skips"]:
@@ -195,7 +267,8 @@ def _example(top: dict[str, Any]) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"{summary['dataset']} / {summary['split']} -> {summary['out']}", show_header=False)
+    part = f" part {summary['part']}" if summary.get("part") else ""
+    table = Table(title=f"{summary['dataset']} / {summary['split']}{part} -> {summary['out']}", show_header=False)
     table.add_row("written", str(summary["written"]))
     if summary["already_done"]:
         table.add_row("already done (resume)", str(summary["already_done"]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from vattcli.data.parts import part_manifests
 from vattcli.data.shardfiles import expand_urls
 from vattcli.data.shards import MANIFEST, read_manifest
 from vattcli.errors import DataError
@@ -16,7 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def shard_folder(path: str | Path, split: str | None = None) -> Path:
-    """The folder holding a manifest: ``path`` itself, ``path/<split>``, or the only split folder under it."""
+    """The folder holding a manifest: ``path`` itself, ``path/<split>``, or the only split folder under it.
+
+    A folder holding only the part manifests of a split run (``vatt preprocess ... --part I/N``) is refused naming
+    ``vatt preprocess merge``: until the merge has checked that every part is complete, it is part of a dataset.
+    """
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
@@ -25,9 +30,23 @@ def shard_folder(path: str | Path, split: str | None = None) -> Path:
     subs = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
     if len(subs) == 1:
         return subs[0]
+    _refuse_unmerged(path, split)
     found = f"; found splits: {', '.join(p.name for p in subs)}" if subs else ""
     raise DataError(f"{path}: no shards (expected {MANIFEST} from `vatt preprocess` here or in a split folder"
                     f"{', e.g. ' + split if split else ''}){found}")
+
+
+def _refuse_unmerged(path: Path, split: str | None) -> None:
+    """Raise DataError when ``path`` (or its split folder) holds part manifests but no merged manifest."""
+    candidates = [path, *([path / split] if split else sorted(p for p in path.iterdir() if p.is_dir()))] \
+        if path.is_dir() else []
+    for folder in candidates:
+        found = part_manifests(folder)
+        if found and not (folder / MANIFEST).is_file():
+            count = max(found)
+            raise DataError(f"{folder}: holds {len(found[count])} of {count} parts of a split `vatt preprocess` run "
+                            f"but no merged {MANIFEST}; run `vatt preprocess merge {folder.parent} --split "
+                            f"{folder.name}` once every part is done")
 
 
 def shard_urls(path: str | Path, split: str | None = None, *, allow_incomplete: bool = False) -> list[str]:

@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vattcli.data.adapters.base import Adapter, Skip, WorkItem
-from vattcli.data.shards import MANIFEST, ShardWriter, read_manifest
+from vattcli.data.parts import Layout, Part, select
+from vattcli.data.shards import ShardWriter, read_manifest
 from vattcli.errors import DataError, MediaError, VattError
 from vattcli.locking import FolderLock
 
@@ -325,11 +326,13 @@ def _write_all(writer: FlaggingShardWriter, items: list[WorkItem], settings: Set
 def run_preprocess(adapter: Adapter, root: Path, out: Path, split: str, *, settings: Settings, workers: int = 1,
                    limit: int | None = None, resume: bool = False, overwrite: bool = False,
                    max_samples: int = 1000, max_shard_bytes: int = 300 << 20,
-                   console: Console | None = None, resume_command: str | None = None) -> dict[str, Any]:
+                   console: Console | None = None, resume_command: str | None = None,
+                   part: Part | None = None) -> dict[str, Any]:
     """Write the shards of one split of one dataset into ``out/split``; returns the summary.
 
     Holds ``out``'s lock for the run (one writer per folder). SIGINT/SIGTERM raise ``PreprocessStopped`` naming
-    ``resume_command`` (the command line that continues the run) once the finished shards are safe.
+    ``resume_command`` (the command line that continues the run) once the finished shards are safe. With ``part``,
+    only that part's share of the sources is written, under that part's own names and lock (``vattcli.data.parts``).
     """
     console = console or Console(stderr=True)
     if split not in adapter.splits:
@@ -340,25 +343,34 @@ def run_preprocess(adapter: Adapter, root: Path, out: Path, split: str, *, setti
               "audio_rate": settings.audio_rate, "keyframe_interval_s": settings.keyframe_interval_s,
               "keep_partial": settings.keep_partial, "root": str(root)}
     tally = _Tally()
-    with FolderLock(out, "preprocessing"), _StopSignals() as stop:
+    layout = Layout(split, part)
+    with FolderLock(out, layout.what, name=layout.lock_name), _StopSignals() as stop:
         try:
+            layout.check(folder)
             items, early_skips = _collect(adapter, root, split, limit)
-            with FlaggingShardWriter(folder, prefix=split, max_samples=max_samples, max_bytes=max_shard_bytes,
-                                     settings={**record, **adapter.settings()}, resume=resume,
-                                     overwrite=overwrite) as writer:
+            inputs = len(items) + len(early_skips)
+            if part is not None:
+                items, early_skips = select(items, early_skips, root, part)
+            with FlaggingShardWriter(folder, prefix=layout.prefix, max_samples=max_samples, max_bytes=max_shard_bytes,
+                                     settings={**record, **adapter.settings(), **layout.settings(limit)},
+                                     resume=resume, overwrite=overwrite, manifest_name=layout.manifest,
+                                     neighbours=layout.neighbours) as writer:
+                for note in layout.unmerge(folder):
+                    console.print(note, markup=False, highlight=False, soft_wrap=True)
                 for skip in early_skips:
                     tally.skip(writer, skip)
                 already_done = len(writer.done_keys)
-                _write_all(writer, items, settings, workers, console, f"{adapter.name}/{split}", tally, stop)
+                _write_all(writer, items, settings, workers, console, f"{adapter.name}/{layout.prefix}", tally, stop)
                 with stop.deferred():
                     writer.close()  # the last shard and the final manifest (complete: true)
         except _Signalled as signalled:
-            raise _stopped(signalled.signum, folder, resume_command) from None
-    manifest = read_manifest(folder / MANIFEST)
+            raise _stopped(signalled.signum, folder / layout.manifest, resume_command) from None
+    manifest = read_manifest(folder / layout.manifest)
     elapsed = time.perf_counter() - started
     skipped = dict(manifest["counts"]["skipped"])
     top = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_SKIP_REASONS]
-    return {"dataset": adapter.name, "split": split, "out": str(folder), "manifest": str(folder / MANIFEST),
+    return {"dataset": adapter.name, "split": split, "out": str(folder), "manifest": str(folder / layout.manifest),
+            "part": str(part) if part else None, "dataset_inputs": inputs,
             "written": manifest["counts"]["written"], "skipped": skipped,
             "top_skips": [{"reason": r, "count": n, "item": tally.examples[r].item,
                            "message": tally.examples[r].message} for r, n in top if r in tally.examples],
@@ -367,12 +379,14 @@ def run_preprocess(adapter: Adapter, root: Path, out: Path, split: str, *, setti
             "realtime_per_core": tally.seconds / max(elapsed, 1e-9) / max(1, workers)}
 
 
-def _stopped(signum: int, folder: Path, resume_command: str | None) -> PreprocessStopped:
-    """The one line a stopped run prints: what was kept and the command that continues."""
+def _stopped(signum: int, path: Path, resume_command: str | None) -> PreprocessStopped:
+    """The one line a stopped run prints: what was kept (``path``: the run's manifest) and the command that
+    continues."""
     name = signal.Signals(signum).name
     how = f"run: {resume_command}" if resume_command else "rerun the same command with --resume"
+    folder = path.parent
     try:
-        manifest = read_manifest(folder / MANIFEST)
+        manifest = read_manifest(path)
     except DataError:
         return PreprocessStopped(f"stopped by {name} before the first shard was finished (nothing kept in {folder}); "
                                  f"to continue, {how}", signum)

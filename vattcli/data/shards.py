@@ -109,7 +109,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` so that readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".tmp-{path.name}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -151,8 +152,10 @@ class ShardWriter:
 
     ``resume=True`` keeps the shards the manifest lists; ``done_keys`` then names the samples to skip.
     ``overwrite=True`` tolerates files that are not this writer's (they are left alone) and, without ``resume``,
-    removes the shards and manifest of a previous run. ``max_bytes`` caps the members' bytes in a shard (a sample
-    larger than it gets a shard of its own); the tar end blocks and record padding add up to 10 KiB.
+    removes the shards and manifest of a previous run. Writers sharing a folder (the parts of a split run,
+    ``vattcli.data.parts``) each use their own ``prefix`` and ``manifest_name``; ``neighbours`` matches the names of
+    the others' files, which are expected there and left alone. ``max_bytes`` caps the members' bytes in a shard (a
+    sample larger than it gets a shard of its own); the tar end blocks and record padding add up to 10 KiB.
     """
 
     def __init__(
@@ -165,6 +168,8 @@ class ShardWriter:
         settings: Mapping[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        manifest_name: str = MANIFEST,
+        neighbours: re.Pattern[str] | None = None,
     ) -> None:
         validate_key(prefix)
         if max_samples < 1 or max_bytes < 1:
@@ -174,8 +179,10 @@ class ShardWriter:
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.settings = _as_json(dict(settings or {}), f"{out_dir}: settings")
+        self.manifest_name = manifest_name
+        self._neighbours = neighbours
         self._own = re.compile(
-            rf"(\.tmp-)?{re.escape(prefix)}-\d{{6}}\.(tar|keys\.json)|(\.tmp-)?{re.escape(MANIFEST)}"
+            rf"(\.tmp-)?{re.escape(prefix)}-\d{{6}}\.(tar|keys\.json)|(\.tmp-)?{re.escape(manifest_name)}"
         )
         self._shards: list[dict[str, Any]] = []
         self._done: set[str] = set()
@@ -196,7 +203,8 @@ class ShardWriter:
     def _prepare_folder(self, resume: bool, overwrite: bool) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         names = [p.name for p in self.out_dir.iterdir()]
-        foreign = sorted(n for n in names if not self._own.fullmatch(n))
+        foreign = sorted(n for n in names if not self._own.fullmatch(n)
+                         and not (self._neighbours and self._neighbours.fullmatch(n)))
         if foreign and not overwrite:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise DataError(
@@ -204,21 +212,21 @@ class ShardWriter:
             )
         previous = any(self._own.fullmatch(n) and not n.startswith(".tmp-") and not n.endswith(".keys.json")
                        for n in names)
-        if resume and (self.out_dir / MANIFEST).exists():
-            self._load_previous(read_manifest(self.out_dir))
+        if resume and (self.out_dir / self.manifest_name).exists():
+            self._load_previous(read_manifest(self.out_dir / self.manifest_name))
         elif previous and not resume and not overwrite:
             raise DataError(
                 f"{self.out_dir}: holds shards of a previous run; pass --resume to continue or --overwrite "
                 "to replace them"
             )
         kept = {name for s in self._shards for name in (s["name"], keys_name(s["name"]))}
-        kept |= {MANIFEST} if resume else set()
+        kept |= {self.manifest_name} if resume else set()
         for name in names:
             if self._own.fullmatch(name) and name not in kept:
                 (self.out_dir / name).unlink()
 
     def _load_previous(self, manifest: dict[str, Any]) -> None:
-        where = self.out_dir / MANIFEST
+        where = self.out_dir / self.manifest_name
         if manifest["prefix"] != self.prefix:
             raise DataError(f"{where}: written with prefix {manifest['prefix']!r}, this run uses {self.prefix!r}")
         changed = sorted(k for k in set(manifest["settings"]) | set(self.settings)
@@ -360,7 +368,7 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        _write_json_atomic(self.out_dir / keys_name(name), self._open_keys)
+        write_json_atomic(self.out_dir / keys_name(name), self._open_keys)
         os.replace(self._temp_path(), self.out_dir / name)
         self._shards.append({
             "name": name,
@@ -374,7 +382,7 @@ class ShardWriter:
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete: bool) -> None:
-        _write_json_atomic(self.out_dir / MANIFEST, self.manifest(complete))
+        write_json_atomic(self.out_dir / self.manifest_name, self.manifest(complete))
 
     @contextmanager
     def _disk_guard(self) -> Iterator[None]:
