@@ -275,3 +275,22 @@ def test_finetune_result_is_lines_and_paper_figure_only_for_its_model(capsys):
                                               "  paper figure is for vatt-bbs, not comparable with vatt-tiny"]
     _print_result("kinetics400", {"eval": result, "model": "vatt-bbs"})
     assert lines(capsys.readouterr().err)[-1] == "  paper (top1)         79.6"
+
+
+def test_a_lost_peer_is_named_as_such_not_as_a_bug(tmp_path, monkeypatch, capsys):
+    """gloo reports a killed peer as a RuntimeError naming the broken connection: exit 1 (a launcher restarts the
+    group), one line saying what happened, the traceback in the crash log."""
+    import vattcli.train.pretrain
+    from vattcli.cli import main
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                           "[127.0.0.1]:3941")
+
+    monkeypatch.setenv("VATT_HOME", str(tmp_path))
+    monkeypatch.setattr(vattcli.train.pretrain, "run_pretrain", lost)
+    code = main(["pretrain", "--recipe", "pretrain/vatt-tiny", "data.train={s: synthetic}",
+                 f"train.run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "lost contact with another training process" in err[0]
+    assert "this is a bug" not in err[0] and list((tmp_path / "logs").glob("vatt-crash-*.log"))

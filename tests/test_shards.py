@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,27 @@ def test_decode_failures_between_successes_do_not_stop_the_stream(tmp_path: Path
     dataset = ShardDataset(expand_urls(str(folder)), decode=every_other, resampled=True)
     taken = list(itertools.islice(iter(dataset), 3 * MAX_UNDECODED_IN_A_ROW))
     assert len(taken) == 3 * MAX_UNDECODED_IN_A_ROW
+
+
+def _idle_worker() -> None:
+    from vattcli.data.reader import workers_ignore_sigterm
+
+    workers_ignore_sigterm(0)
+    time.sleep(60)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="needs sigwaitinfo (Linux)")
+def test_loader_workers_ignore_a_sigterm_from_outside_but_not_from_their_parent() -> None:
+    """A job-wide SIGTERM (Slurm, torchrun) must not kill a DataLoader worker mid-step; its parent's terminate() must."""
+    import multiprocessing
+    import subprocess
+
+    worker = multiprocessing.get_context("fork").Process(target=_idle_worker, daemon=True)
+    worker.start()
+    time.sleep(0.5)
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # sent by another process
+    worker.join(1.0)
+    assert worker.is_alive()
+    worker.terminate()  # sent by the parent
+    worker.join(5.0)
+    assert not worker.is_alive() and worker.exitcode == 0

@@ -180,14 +180,31 @@ def _crash_log(text: str) -> Path:
     raise OSError(f"could not write {name} to {home} or the temp folder")
 
 
+def _lost_peer(e: Exception) -> bool:
+    """A collective failed because another training process went away (killed, crashed, its node lost): torch raises
+    ``DistError`` subclasses, gloo sometimes a plain RuntimeError naming the broken connection."""
+    dist = getattr(sys.modules.get("torch"), "distributed", None)
+    if dist is not None and isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("Connection reset by peer" in text or "Connection closed by peer" in text)
+
+
 def _bug(e: Exception) -> int:
-    """An exception no command expected is a bug: one line naming the log file that keeps the traceback."""
+    """An exception no command expected is a bug: one line naming the log file that keeps the traceback. A training
+    process that lost its peers is no bug, but not bad input either: it exits 1 too, so a launcher (torchrun
+    ``--max-restarts``, the Slurm example) restarts the group, which resumes from the latest checkpoint."""
     summary = (str(e).strip().splitlines() or [""])[0][:200]
     what = f"{type(e).__name__}: {summary}" if summary else type(e).__name__
     try:
         where = f"the traceback is in {_crash_log(traceback.format_exc())}"
     except OSError:
         where = "no log file could be written (set VATT_HOME to a writable folder)"
+    if _lost_peer(e):
+        err_console.print(f"[bold red]error:[/] lost contact with another training process ({escape(what)}); a "
+                          f"restarted group resumes from the latest checkpoint with --resume auto; {where}",
+                          highlight=False)
+        return 1
     err_console.print(f"[bold red]error:[/] internal error ({escape(what)}); this is a bug, please report it; {where}",
                       highlight=False)
     return 1

@@ -4,7 +4,9 @@
 systems) holding the owner's PID, host, command and start time. A second writer gets one line naming the owner. A
 lock whose owner is on this host and no longer runs (a crash, ``kill -9``) is stale: it is taken over with a note in
 the log. A lock from another host is never taken over automatically, since its process cannot be checked from here;
-the message says which file to remove once that job is known to be gone.
+the message says which file to remove once that job is known to be gone, unless the lock names an earlier attempt of
+the job this process belongs to (``_earlier_attempt``): a job restarted by its scheduler runs only once the attempt
+before it has ended, and may land on other nodes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _launch() -> dict:
+    """The scheduler job this process is an attempt of, recorded in the lock. Slurm keeps ``SLURM_JOB_ID`` across
+    requeues and counts them in ``SLURM_RESTART_COUNT``. torchrun keeps ``TORCHELASTIC_RUN_ID`` (its ``--rdzv-id``;
+    the default "none" names no job) across the groups it restarts, and in a group one process has a given ``RANK``."""
+    env, found = os.environ, {}
+    if env.get("SLURM_JOB_ID"):
+        found["slurm_job"] = [env["SLURM_JOB_ID"], int(env.get("SLURM_RESTART_COUNT") or 0)]
+    if env.get("TORCHELASTIC_RUN_ID", "none") != "none" and "RANK" in env:
+        found["torchrun_job"] = [env["TORCHELASTIC_RUN_ID"], env["RANK"]]
+    return found
+
+
+def _earlier_attempt(owner: dict) -> bool:
+    """Whether ``owner`` (a lock's content, from another process) was an earlier attempt of this process's job: the
+    same Slurm job before a requeue (a lower restart count: Slurm requeues a job once it has ended), or the same rank
+    of the same torchrun job, so of a group torchrun has replaced (it starts a group once the last one has stopped)."""
+    mine = _launch()
+    slurm, theirs = mine.get("slurm_job"), owner.get("slurm_job")
+    if (slurm and isinstance(theirs, list) and len(theirs) == 2 and theirs[0] == slurm[0]
+            and isinstance(theirs[1], int) and theirs[1] < slurm[1]):
+        return True
+    return "torchrun_job" in mine and owner.get("torchrun_job") == mine["torchrun_job"]
+
+
 def _read_owner(path: Path) -> dict:
     try:
         owner = json.loads(path.read_text(encoding="utf-8"))
@@ -52,13 +78,15 @@ class FolderLock:
 
     ``what`` names the job in messages ("preprocessing", "training run"). Re-entrant within one process: a second
     lock on a folder this process already holds is a no-op, so a library call inside a locked command works.
+    ``name`` picks another lock file in the folder, for writers that share it by owning disjoint parts of it (the
+    parts of a split preprocessing run, one lock per part): each lock file has one writer.
     """
 
     _held: dict[Path, int] = {}
 
-    def __init__(self, folder: str | os.PathLike[str], what: str = "job") -> None:
+    def __init__(self, folder: str | os.PathLike[str], what: str = "job", name: str = LOCK_NAME) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
         self.what = what
         self._owned = False
 
@@ -69,7 +97,7 @@ class FolderLock:
             FolderLock._held[key] += 1
             return self
         me = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-              "command": " ".join(sys.argv[:3]), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "command": " ".join(sys.argv[:3]), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **_launch()}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -94,7 +122,9 @@ class FolderLock:
             except OSError:
                 return True
         pid = owner.get("pid")
-        return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+        if owner.get("host") != socket.gethostname():
+            return _earlier_attempt(owner)
+        return isinstance(pid, int) and not _alive(pid)
 
     def _busy_message(self, owner: dict) -> str:
         if not owner:

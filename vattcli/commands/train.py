@@ -13,7 +13,8 @@ console = Console(stderr=True, soft_wrap=True)
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # exit codes of a run stopped by a signal (design.md, Errors)
 OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. [bold]train.steps=1000 data.batch_size=256[/].")
 RESUME = typer.Option(None, "--resume", help="Continue a run: 'latest', 'best', 'auto' (latest if any, else "
-                      "start afresh) or a checkpoint folder.")
+                      "start afresh: for jobs that restart, torchrun --max-restarts or a requeued Slurm job) or a "
+                      "checkpoint folder.")
 PRINT = typer.Option(False, "--print-config", help="Print the resolved config and exit.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Delete the checkpoints, best.json and metrics of an earlier run "
                          "in the run folder, then start afresh.")

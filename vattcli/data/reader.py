@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import random
+import signal
+import threading
 from collections import Counter
 from itertools import chain
 from typing import Any, Callable, Iterable, Iterator
@@ -233,6 +236,30 @@ class _TaggedCollate:
         return [tag for tag, _ in items], self.collate([item for _, item in items])
 
 
+def workers_ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave a SIGTERM from outside to the training process, which checkpoints and then stops them.
+
+    Slurm (``--signal``, preemption) and torchrun's agent signal every process of the job: a worker killed by it makes
+    torch's SIGCHLD handler fail the training process ("DataLoader worker ... is killed by signal") at any point of
+    its step, instead of letting it save the step. But the parent's own ``terminate()`` (its shutdown of the workers,
+    multiprocessing's at exit) must still end the worker, or the parent waits for it forever. So SIGTERM is blocked
+    and a thread takes each one with ``sigwaitinfo``, which says who sent it: from the parent the worker exits, from
+    anyone else it is ignored. Where ``sigwaitinfo`` does not exist (macOS), SIGTERM is left alone. A worker whose
+    parent is gone still exits (torch's watchdog)."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    creator = multiprocessing.parent_process()
+    parent = creator.pid if creator is not None else os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def take_sigterm() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=take_sigterm, name="sigterm-from-parent", daemon=True).start()
+
+
 class ResumableLoader:
     """A DataLoader over a ``ShardDataset`` that counts what was consumed, so ``state_dict`` resumes mid-epoch.
 
@@ -254,6 +281,7 @@ class ResumableLoader:
             raise DataError("ResumableLoader needs fresh, in-order workers (persistent_workers=False, in_order=True)")
         self.dataset = dataset
         self.num_workers = max(1, num_workers)
+        loader_kwargs.setdefault("worker_init_fn", workers_ignore_sigterm)
         self.loader = DataLoader(_Tagged(dataset), batch_size=batch_size, num_workers=num_workers,
                                  collate_fn=_TaggedCollate(collate_fn, batch_size is not None), **loader_kwargs)
         self._workers: dict[int, tuple[int, int]] = {}

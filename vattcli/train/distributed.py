@@ -10,11 +10,20 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from vattcli.errors import ConfigError, VattError
+
+T = TypeVar("T")
+GROUP_STORE_KEY = "vattcli/group-store-port"
 
 
 @dataclass(frozen=True)
@@ -60,13 +69,45 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            from vattcli.errors import ConfigError
-
             raise ConfigError(f"train.device={spec}: CUDA is not available on this machine (use cpu or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def _group_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun, a store of this group's own, hosted by rank 0, for setting up the process group.
+
+    torchrun (torch >= 2.5) hands its workers the store of its rendezvous (``TORCHELASTIC_USE_AGENT_STORE``) and
+    keeps that store when it restarts the group (``--max-restarts``), so the restarted group finds the dead group's
+    gloo addresses (NCCL ids) under the keys it uses and hangs connecting to them [pytorch#135712]. Rank 0 here hosts
+    a fresh store on a free port and publishes the port in torchrun's store; a port published by a dead group no
+    longer listens, so the other ranks read the key again until the port they read answers. None when not under
+    torchrun's agent store: ``init_process_group`` then reads MASTER_ADDR/MASTER_PORT (rank 0 hosts the store)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host = os.environ["MASTER_ADDR"]
+    agent = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    if rank == 0:
+        store = dist.TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        agent.set(GROUP_STORE_KEY, str(store.port))
+        return store
+    deadline = time.monotonic() + timeout.total_seconds()
+    while time.monotonic() < deadline:
+        port = int(agent.get(GROUP_STORE_KEY))  # waits for the first group's rank 0
+        if _listening(host, port):
+            return dist.TCPStore(host, port, world, is_master=False, timeout=timeout)
+        time.sleep(0.2)
+    raise TimeoutError(f"rank {rank}: rank 0 published no process-group store within {timeout}")
 
 
 def init_distributed(device_spec: str = "auto") -> DistInfo:
@@ -79,9 +120,54 @@ def init_distributed(device_spec: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
+        timeout = datetime.timedelta(minutes=30)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=30))
+                                timeout=timeout, store=_group_store(rank, world, timeout))
     return DistInfo(rank, local_rank, world, device)
+
+
+def from_main(make: Callable[[], T], info: DistInfo) -> T:
+    """``make()`` run on the main rank, its result (or its ``VattError``, raised) on every rank: decisions about the
+    run folder are taken once, by its writer, so a rank on another node never acts on its own (possibly stale) view
+    of a shared file system, and a refusal stops every rank with the same one line."""
+    result, failure = None, None
+    if info.is_main:
+        try:
+            result = make()
+        except VattError as e:
+            failure = e
+    if info.distributed:
+        box: list[Any] = [(result, failure)]
+        dist.broadcast_object_list(box, src=0)
+        result, failure = box[0]
+    if failure is not None:
+        raise failure
+    return result  # type: ignore[return-value]
+
+
+def on_every_rank(run: Callable[[], None], info: DistInfo) -> None:
+    """``run()`` on every rank; a ``VattError`` on any rank is raised on all of them (the lowest rank's), so no rank
+    goes on to wait in a collective for one that stopped."""
+    failure = None
+    try:
+        run()
+    except VattError as e:
+        failure = e
+    if info.distributed:
+        failures: list[Any] = [None] * info.world_size
+        dist.all_gather_object(failures, failure)
+        failure = next((f for f in failures if f is not None), None)
+    if failure is not None:
+        raise failure
+
+
+def gather_objects(obj: T, info: DistInfo) -> list[T]:
+    """Every rank's ``obj``, in rank order (picklable objects; ``[obj]`` on one process)."""
+    if not info.distributed:
+        return [obj]
+    objects: list[Any] = [None] * info.world_size
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 def shutdown() -> None:
@@ -173,3 +259,12 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
+
+
+def max_over_ranks(value: int, info: DistInfo) -> int:
+    """The largest of every rank's ``value``: a vote every rank reaches at the same point of its loop."""
+    if not info.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

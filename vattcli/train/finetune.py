@@ -19,21 +19,22 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from vattcli.checkpoints import find_checkpoint, load_weights
 from vattcli.config import dump_yaml, write_config
 from vattcli.core.model import build_backbone
+from vattcli.data.folders import manifest_classes, shard_folder, shard_urls
 from vattcli.data.pipeline import AudioDecoder, ClassifyDecoder, EvalViewsDecoder, ImageDecoder
 from vattcli.data.reader import ResumableLoader, ShardDataset
 from vattcli.data.shards import read_manifest
 from vattcli.data.transforms import mixup
 from vattcli.errors import ConfigError
 from vattcli.eval.classify import Classifier, evaluate_views, inverse_occurrence_sigmoid_loss, softmax_loss
-from vattcli.checkpoints import find_checkpoint, load_weights
 from vattcli.train.config import FinetuneConfig
-from vattcli.data.folders import manifest_classes, shard_folder, shard_urls
 from vattcli.train.distributed import DistInfo, init_distributed, shutdown, wrap_model
-from vattcli.train.loop import Trainer, claim_run_dir, clear_run
-from vattcli.train.transfer import adopt_checkpoint_model, resample_positions
+from vattcli.train.loop import Trainer
 from vattcli.train.pretrain import check_batch, clip_spec, loader_generator
+from vattcli.train.run_folder import claim_run_dir, clear_run
+from vattcli.train.transfer import adopt_checkpoint_model, resample_positions
 
 
 def build_classifier(cfg: FinetuneConfig, num_classes: int, *, ckpt: str | None, verify: bool = True) -> Classifier:

@@ -6,8 +6,9 @@ A task gives a ``step_fn(model, batch) -> {"loss": tensor, other scalar parts}``
 non-blocking copies from pinned memory with the next batch already requested from the workers, and optionally
 ``torch.compile``; on CPU it runs in fp32. A preempted job saves a checkpoint at the end of the step it is in, so at
 most that step is lost, and ``--resume latest`` continues bit for bit on CPU (weights, optimiser, RNG, data position).
-One writer per run folder (design.md, Checkpoints): ``claim_run_dir`` holds its lock for the whole run and refuses
-to mix a fresh start with an earlier run's checkpoints.
+On several processes a checkpoint holds every rank's RNG state and data position, and the main rank alone writes
+it; a resume needs the same number of processes. The run folder's policy (one writer, what a resume starts from) is
+in ``run_folder``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -30,14 +29,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from vattcli.checkpoints import (TMP_PREFIX, CheckpointManager, capture_rng, find_checkpoint, load_train_state,
-                                 load_weights, read_meta, restore_rng)
+from vattcli.checkpoints import CheckpointManager, capture_rng, load_train_state, load_weights, restore_rng
 from vattcli.data.pipeline import finish_batch
-from vattcli.errors import CheckpointError, ConfigError, VattError
-from vattcli.locking import FolderLock
+from vattcli.errors import CheckpointError, VattError
 from vattcli.train.config import OptimConfig, TrainConfig
-from vattcli.train.distributed import DistInfo, all_reduce_mean, unwrap
+from vattcli.train.distributed import (DistInfo, all_reduce_mean, from_main, gather_objects, max_over_ranks,
+                                       on_every_rank, unwrap)
 from vattcli.train.optim import build_optimizer, learning_rate, set_lr
+from vattcli.train.run_folder import resume_point, trim_metrics
 
 log = logging.getLogger(__name__)
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of H100/H200 (design.md)
@@ -173,46 +172,49 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- state
     def resume(self, spec: str, *, verify: bool = True) -> None:
-        """Load weights, optimiser, RNG and data position from a checkpoint ('latest', 'best' or a folder);
-        'auto' resumes from the latest one if the run folder has one and starts afresh otherwise. ``verify`` checks
-        the weights hash first (``--no-verify`` skips it): a corrupted checkpoint is an error, never a fresh start."""
-        if spec == "auto":
-            if CheckpointManager(self.run_dir, keep_last=None).latest() is None:
-                return
-            spec = "latest"
-        ckpt = find_checkpoint(spec, self.run_dir, verify=verify)
-        self._refuse_later_checkpoints(ckpt)
-        load_weights(unwrap(self.model), ckpt)
+        """Load weights, optimiser, RNG and data position from a checkpoint ('latest', 'best', 'auto' or a folder:
+        ``run_folder.resume_point``; 'auto' without a checkpoint starts afresh). The main rank picks the checkpoint
+        and verifies its weights hash unless ``verify`` is off; every rank loads that one, and an error on any rank
+        stops them all. The metrics of steps after it (a lost attempt's) are dropped, since they are trained again."""
+        ckpt = from_main(lambda: resume_point(spec, self.run_dir, verify=verify), self.info)
+        if ckpt is not None:
+            on_every_rank(lambda: self._load(ckpt), self.info)
+        if self.info.is_main:
+            trim_metrics(self.run_dir, self.step)
+            self.console.print(f"resumed from {ckpt} at step {self.step}" if ckpt is not None else
+                               f"--resume {spec}: no checkpoint in {self.run_dir} yet, starting afresh")
+
+    def _load(self, ckpt: Path) -> None:
+        """This rank's part of ``ckpt``: its RNG states and data position (each rank's own), the shared weights and
+        optimiser. Refused when the checkpoint was written by another number of processes: each one's data stream
+        is a function of (rank, world size) [data.reader], so its position cannot be carried over to another split,
+        nor its random state to another rank (a torchrun ``--nnodes MIN:MAX`` restart on fewer nodes lands here)."""
         state = load_train_state(ckpt)
+        saved = state.get("world_size", self.info.world_size)  # absent from checkpoints older than the check
+        if saved != self.info.world_size:
+            raise CheckpointError(f"{ckpt}: written by {saved} training processes, this run has "
+                                  f"{self.info.world_size}; resume it with {saved} (the data position and random "
+                                  "state are per process)")
+        load_weights(unwrap(self.model), ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         if "data" in state and hasattr(self.loader, "load_state_dict"):
             self.loader.load_state_dict(state["data"])
         self.step = int(state["step"])
-        restore_rng(state["rng"])
-        if self.info.is_main:
-            self.console.print(f"resumed from {ckpt} at step {self.step}")
-
-    def _refuse_later_checkpoints(self, ckpt: Path) -> None:
-        """Resuming from an earlier step than the run folder's latest would interleave two histories, and keep-last
-        (which keeps the highest steps) would then delete this run's new checkpoints in favour of the old ones."""
-        newest = CheckpointManager(self.run_dir, keep_last=None).latest()
-        step = int(read_meta(ckpt)["step"])
-        if newest is not None and int(read_meta(newest)["step"]) > step:
-            raise CheckpointError(f"{self.run_dir}: holds {newest.name}, later than {ckpt} (step {step}) to resume "
-                                  "from; resume into another train.run_dir, or move the later checkpoints away")
+        restore_rng(state.get("rng_ranks", {}).get(str(self.info.rank), state["rng"]))
 
     def save(self, metrics: dict[str, float] | None = None) -> Path | None:
+        """A checkpoint of this step, written by the main rank with every rank's data position and RNG states."""
         data_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}
-        if self.info.distributed:
-            data_state = _gather_loader_states(data_state)
         metric = None
         if self.on_checkpoint is not None:
             metrics = {**(metrics or {}), **self.on_checkpoint(self.step)}
             metric = metrics.get("val_metric")
+        ranks = gather_objects((data_state, capture_rng()), self.info)
         if not self.info.is_main:
             return None
-        state = {"optimizer": self.optimizer.state_dict(), "data": data_state, "rng": capture_rng(),
-                 "step": self.step}
+        state = {"optimizer": self.optimizer.state_dict(), "data": _merge_loader_states([d for d, _ in ranks]),
+                 "rng": ranks[0][1], "rng_ranks": {str(r): rng for r, (_, rng) in enumerate(ranks)},
+                 "world_size": self.info.world_size, "step": self.step}
         ckpt = self.manager.save(self.step, unwrap(self.model), config=self.config_yaml, tokenizer=self.tokenizer,
                                  train_state=state, metrics=metrics or {}, metric=metric)
         if not ckpt.is_dir():  # keep-last kept later steps of another run: never report a deleted checkpoint
@@ -221,6 +223,14 @@ class Trainer:
         return ckpt
 
     # ------------------------------------------------------------------------------------------ loop
+    def _agreed_stop(self, stop: StopRequest) -> str:
+        """The signal that stops every rank at the end of this step, or '' to go on. Each rank gets its SIGTERM at
+        its own point of a step (from Slurm, or torchrun's agent), so the ranks vote: a rank stopping alone would
+        gather its checkpoint while the others wait in the next step's collectives."""
+        signum = signal.Signals[stop.signal_name].value if stop.requested else 0
+        signum = max_over_ranks(signum, self.info)
+        return signal.Signals(signum).name if signum else ""
+
     def _update(self, batch: Any) -> dict[str, float] | None:
         """Forward/backward over micro-batches and one optimiser step; None when the loss was not finite."""
         micro = _split(batch, self.cfg.grad_accum)
@@ -267,7 +277,8 @@ class Trainer:
         name, "SIGINT"/"SIGTERM", after saving a checkpoint of the last step)."""
         total = self.cfg.steps
         self.model.train()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         stats, last = StepStats(), {}
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             TextColumn("{task.fields[status]}"), console=self.console,
@@ -309,74 +320,14 @@ class Trainer:
                 if self.info.is_main and (self.step % self.cfg.log_every == 0 or self.step == total):
                     self._log(stats, lr, progress, task, log_file)
                     stats = StepStats()
-                if stop.requested:
-                    stopped = stop.signal_name
+                signal_name = self._agreed_stop(stop)
+                if signal_name:
+                    stopped = signal_name
                     break
                 if self.step % self.cfg.ckpt_every == 0 and self.step < total:
                     self.save(last)
         ckpt = self.save(last)
         return {"step": self.step, "stopped": stopped, "losses": last, "checkpoint": str(ckpt) if ckpt else None}
-
-
-RUN_FILES = ("best.json", "metrics.jsonl", "eval.json", "config.yaml")  # what a run writes beside its checkpoints
-
-
-def clear_run(run: Path) -> None:
-    """``--overwrite``: delete an earlier run's checkpoints and records (only what a run writes; nothing else).
-    Called once the new run is set up, so a run that fails to start leaves the old one intact. Each checkpoint is
-    first renamed out of the ``ckpt-*`` namespace, so an interrupted clean-up never leaves a half-deleted folder
-    that looks like a checkpoint (the next save removes such leftovers)."""
-    for ckpt in run.glob("ckpt-*"):
-        trash = run / f"{TMP_PREFIX}{ckpt.name[len('ckpt-'):]}-{os.getpid()}.old"
-        os.replace(ckpt, trash)
-        shutil.rmtree(trash)
-    for name in RUN_FILES:
-        (run / name).unlink(missing_ok=True)
-    shutil.rmtree(run / "tb", ignore_errors=True)
-
-
-def _check_run_dir(run: Path, resume: str | None, overwrite: bool) -> None:
-    """A folder holding checkpoints is continued (``--resume``) or replaced (``--overwrite``), never mixed into."""
-    if resume or overwrite or not any(run.glob("ckpt-*")):
-        return
-    latest = CheckpointManager(run, keep_last=None).latest()
-    last = f"latest step {read_meta(latest)['step']}" if latest is not None else "none of them complete"
-    raise CheckpointError(f"{run}: already holds checkpoints of a run ({last}); add --resume latest to continue "
-                          "it, or --overwrite to delete them and start afresh")
-
-
-@contextlib.contextmanager
-def claim_run_dir(run_dir: str | Path, info: DistInfo, *, resume: str | None = None, overwrite: bool = False):
-    """Hold the run folder's lock (main rank) for the whole run, after checking what it holds: one writer per run
-    folder (design.md). On several ranks the main rank's verdict is broadcast, so every rank stops with one error."""
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite: choose one (continue the run, or delete it and start afresh)")
-    run = Path(run_dir)
-    existed = run.exists()
-    lock = FolderLock(run, "training run") if info.is_main else None
-    failure: VattError | None = None
-    if lock is not None:
-        try:
-            lock.acquire()
-            _check_run_dir(run, resume, overwrite)
-        except VattError as e:
-            lock.release()  # a no-op when the lock was not taken
-            failure = e
-    if info.distributed:
-        import torch.distributed as dist
-
-        box = [failure]
-        dist.broadcast_object_list(box, src=0)
-        failure = box[0]
-    if failure is not None:
-        raise failure
-    try:
-        yield run
-    finally:
-        if lock is not None:
-            lock.release()
-            if not existed and run.is_dir() and not any(run.iterdir()):
-                run.rmdir()  # a run that wrote nothing leaves no empty folder behind
 
 
 def _tensorboard(run_dir: Path) -> Any:
@@ -388,12 +339,8 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tb"))
 
 
-def _gather_loader_states(state: dict[str, Any]) -> dict[str, Any]:
-    """Merge every rank's loader state (each holds its own entry under ``ranks``)."""
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
+def _merge_loader_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every rank's loader state in one (each holds its own entry under ``ranks``)."""
     merged = dict(states[0])
     if "ranks" in merged:
         merged["ranks"] = {k: v for s in states for k, v in s.get("ranks", {}).items()}

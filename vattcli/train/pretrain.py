@@ -23,7 +23,8 @@ from vattcli.train.config import DataConfig, PretrainConfig
 from vattcli.data.folders import shard_folder, shard_urls
 from vattcli.train.data import MixedShardDataset, SyntheticPretrainLoader
 from vattcli.train.distributed import DistInfo, init_distributed, shutdown, wrap_model
-from vattcli.train.loop import Trainer, claim_run_dir, clear_run
+from vattcli.train.loop import Trainer
+from vattcli.train.run_folder import claim_run_dir, clear_run
 
 
 def raw_video(data: DataConfig, device: torch.device | None) -> bool:
