@@ -28,7 +28,7 @@ import yaml
 import vattcli
 from vattcli.checkpoints.folder import CONFIG, FORMAT_VERSION, META, _fsync
 from vattcli.checkpoints.weights import WEIGHTS, file_sha256, listed
-from vattcli.config import recipe_path, to_dict
+from vattcli.config import RECIPES_DIR, to_dict
 from vattcli.convert.bundle import TensorBundle, resolve_prefix
 from vattcli.convert.layout import Layout, detect_kind, infer_model, split_keys
 from vattcli.convert.mapping import Rule, rules_for
@@ -109,11 +109,9 @@ def _config(layout: Layout, task: str | None) -> dict:
     if layout.kind.startswith("pretrain"):
         return {"model": model, "data": dict(PRETRAIN_DATA)}
     base: dict = {}
-    if task:
-        try:
-            base = yaml.safe_load(recipe_path(f"finetune/{task}").read_text(encoding="utf-8")) or {}
-        except Exception:  # an unknown task keeps the generic fine-tuning settings  # noqa: BLE001
-            base = {}
+    shipped = RECIPES_DIR / "finetune" / f"{task}.yaml"
+    if task and shipped.is_file():  # a task without a shipped recipe keeps the generic fine-tuning settings
+        base = yaml.safe_load(shipped.read_text(encoding="utf-8")) or {}
     base.update({"task": task or f"converted-{layout.modality}", "modality": layout.modality, "model": model,
                  "ckpt": None})
     base.setdefault("head", {})
