@@ -2,6 +2,9 @@
 # TORCH_SPEC picks the torch build installed first (e.g. TORCH_SPEC=torch==2.13.0 for a CPU wheel).
 PYTHON ?= python3
 TORCH_SPEC ?= torch
+# EXTRAS picks the package extras installed with it: EXTRAS=dev,onnx adds ONNX export and its tests (.ci/run does);
+# it applies when the venv is made (a venv made before keeps its extras: `make clean` first).
+EXTRAS ?= dev
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -19,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # pytest exits 5 when it collected no test: that must fail, not pass quietly.

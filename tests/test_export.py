@@ -16,6 +16,7 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import vattcli.export as export_module
 from vattcli.api import build_model, load_model
 from vattcli.commands.export import export
 from vattcli.config import dump_yaml, load_config
@@ -146,3 +147,22 @@ def test_onnx_without_onnx_installed_says_to_install_the_extra(ckpts, tmp_path, 
     with pytest.raises(VattError, match="install the onnx extra"):
         export_checkpoint(ckpts["ms"], tmp_path / "out", fmt="onnx")
     assert not (tmp_path / "out").exists()
+
+
+def test_all_towers_or_none(ckpts, tmp_path, monkeypatch):
+    """A tower that fails (here the last, text) takes the towers staged before it along; an earlier export that
+    --overwrite would have replaced stays as it was."""
+    export_checkpoint(ckpts["ms"], tmp_path, tower="video")
+    before = (tmp_path / "video" / "meta.json").read_bytes()
+    real = export_module.save_file
+
+    def text_fails(tensors: dict, path: str) -> None:
+        if Path(path).parent.name.startswith(".tmp-text-"):
+            raise VattError("no space left on the device")
+        real(tensors, path)
+
+    monkeypatch.setattr(export_module, "save_file", text_fails)
+    with pytest.raises(VattError, match="no space left"):
+        export_checkpoint(ckpts["ms"], tmp_path, tower="all", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video"]
+    assert (tmp_path / "video" / "meta.json").read_bytes() == before

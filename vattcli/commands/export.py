@@ -21,7 +21,10 @@ def export(
 ) -> None:
     """Export towers with the heads that reach the common spaces (video: S_va and S_vt; audio: S_va; text: S_vt).
 
-    Load a safetensors tower with [bold]vattcli.export.load_tower(OUT/<tower>)[/]; it needs only vattcli.core."""
+    Load a safetensors tower with [bold]vattcli.export.load_tower(OUT/<tower>)[/]; it needs only vattcli.core.
+
+    An ONNX tower (OUT/<tower>/model.onnx) takes any batch, clip size and caption length; text is (B, L) int64 ids.
+    With onnxruntime installed, each ONNX tower is checked against PyTorch before it is kept."""
     from vattcli.export import export_checkpoint
 
     for path in export_checkpoint(ckpt, out, fmt=fmt, tower=tower, overwrite=overwrite, verify=not no_verify):

@@ -110,8 +110,13 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+        """Normalised in float32 whatever ``x``'s dtype. A float32 ``x`` takes no ``.float()``/``.to()`` at all:
+        they would return ``x`` itself, but a trace records them as same-type Casts, and ONNX Runtime's default graph
+        optimisation breaks such a Cast feeding ``x * rsqrt(...)`` (CastElimination with DivMulFusion leaves a node
+        reading the removed Cast's output: "... is not a graph input", microsoft/onnxruntime#32416)."""
+        xf = x if x.dtype == torch.float32 else x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y if y.dtype == x.dtype else y.to(x.dtype)) * self.weight
 
 
 def relative_position_bucket(relative_position: torch.Tensor, *, num_buckets: int = 32,

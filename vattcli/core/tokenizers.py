@@ -69,24 +69,29 @@ class WaveformPatches(nn.Module):
         return self.proj(audio[:, : n * self.patch].reshape(audio.shape[0], n, self.patch)), (n,)
 
 
-@functools.lru_cache(maxsize=64)
-def _spline_matrix(n_old: int, n_new: int) -> torch.Tensor:
-    """(n_new, n_old) float64 matrix of the order-3 polyharmonic spline (phi(r) = r^3, plus a linear term) through
-    nodes i / n_old, evaluated at j / n_new [C transformers.py: tfa.image.interpolate_spline(order=3) over
-    normalised positions]."""
+def spline_solve(n_old: int) -> torch.Tensor:
+    """(n_old + 2, n_old) float64: the first n_old columns of the inverse of the order-3 polyharmonic spline system
+    (phi(r) = r^3, plus a linear term) through nodes i / n_old. The spline's weights M^-1 [f; 0] are linear in the
+    table f, so its values at y are ``[|y - x|^3, 1, y] @ spline_solve(n_old) @ f`` [C transformers.py:
+    tfa.image.interpolate_spline(order=3) over normalised positions]. The ONNX export evaluates it in the graph."""
     x = torch.arange(n_old, dtype=torch.float64) / n_old
-    y = torch.arange(n_new, dtype=torch.float64) / n_new
-    phi = lambda r: r.abs() ** 3  # noqa: E731
     poly_x = torch.stack([torch.ones_like(x), x], 1)  # (n_old, 2)
     system = torch.zeros(n_old + 2, n_old + 2, dtype=torch.float64)
-    system[:n_old, :n_old] = phi(x[:, None] - x[None, :])
+    system[:n_old, :n_old] = (x[:, None] - x[None, :]).abs() ** 3
     system[:n_old, n_old:] = poly_x
     system[n_old:, :n_old] = poly_x.T
-    query = torch.cat([phi(y[:, None] - x[None, :]), torch.ones(n_new, 1, dtype=torch.float64), y[:, None]], 1)
+    return torch.linalg.solve(system, torch.eye(n_old + 2, dtype=torch.float64)[:, :n_old])
+
+
+@functools.lru_cache(maxsize=64)
+def _spline_matrix(n_old: int, n_new: int) -> torch.Tensor:
+    """(n_new, n_old) float64 matrix of that spline through nodes i / n_old, evaluated at j / n_new."""
     if n_old == 1:  # a single node: the linear term is undetermined, the spline is the constant
         return torch.ones(n_new, 1, dtype=torch.float64)
-    # weights = M^-1 [f; 0] is linear in f, so values = query @ M^-1[:, :n_old] @ f
-    return query @ torch.linalg.solve(system, torch.eye(n_old + 2, dtype=torch.float64)[:, :n_old])
+    x = torch.arange(n_old, dtype=torch.float64) / n_old
+    y = torch.arange(n_new, dtype=torch.float64) / n_new
+    query = torch.cat([(y[:, None] - x[None, :]).abs() ** 3, torch.ones(n_new, 1, dtype=torch.float64), y[:, None]], 1)
+    return query @ spline_solve(n_old)
 
 
 def resample_table(table: torch.Tensor, n_new: int) -> torch.Tensor:
