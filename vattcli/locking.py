@@ -31,7 +31,8 @@ class FolderLocked(VattError):
     """Another live process writes into the folder."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError, ValueError):
@@ -124,7 +125,7 @@ class FolderLock:
         pid = owner.get("pid")
         if owner.get("host") != socket.gethostname():
             return _earlier_attempt(owner)
-        return isinstance(pid, int) and not _alive(pid)
+        return isinstance(pid, int) and not pid_alive(pid)
 
     def _busy_message(self, owner: dict) -> str:
         if not owner:

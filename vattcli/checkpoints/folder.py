@@ -33,9 +33,11 @@ import vattcli
 from vattcli.checkpoints.state import TRAIN_STATE, capture_rng, check_plain
 from vattcli.checkpoints.weights import WEIGHTS, _write_weights, listed, weights_hash
 from vattcli.errors import CheckpointError
+from vattcli.locking import pid_alive
 
 FORMAT_VERSION = 1
 CONFIG = "config.yaml"
+LABELS = "labels.txt"  # class names of a classifier, one a line, in its class order
 META = "meta.json"
 BEST = "best.json"
 TOKENIZER_NAMES = {".model": "tokenizer.model", ".txt": "tokenizer.txt"}
@@ -74,21 +76,11 @@ def _tokenizer_name(tokenizer: Path) -> str:
     return TOKENIZER_NAMES[tokenizer.suffix]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_leftovers(run_dir: Path) -> None:
     """Remove temp folders that crashed or killed writers left behind; live writers' folders are kept."""
     for entry in run_dir.glob(TMP_PREFIX + "*"):
         match = _TMP_PID_RE.fullmatch(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -104,11 +96,17 @@ def _write_folder(folder: Path, step: int, model: nn.Module, config: str | Mappi
         state = {"rng": capture_rng(), **train_state, "step": step}
         check_plain(state, "train_state")
         _save_state(state, folder / TRAIN_STATE)
+    write_meta(folder, step, weights_hash(folder), metrics)
+
+
+def write_meta(folder: Path, step: int, weights_sha256: str, metrics: Mapping | None = None, **extra: Any) -> None:
+    """Finish a checkpoint folder: ``meta.json`` (versions, step, metrics, weights hash, the file list, ``extra``),
+    then every file and the folder flushed to disk. Every writer of checkpoint folders ends with this."""
     files = sorted([*(p.name for p in folder.iterdir()), META])
     meta = {"format_version": FORMAT_VERSION, "vattcli_version": vattcli.__version__,
             "torch_version": torch.__version__, "step": step, "metrics": dict(metrics or {}),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "weights_hash": weights_hash(folder), "files": files}
+            "weights_hash": weights_sha256, "files": files, **extra}
     (folder / META).write_text(json.dumps(meta, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     for name in files:
         _fsync(folder / name)

@@ -23,7 +23,7 @@ from torch import nn
 from vattcli.errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
-_ALIASES_KEY = "vatt_aliases"
+ALIASES_KEY = "vatt_aliases"  # safetensors metadata: alias -> stored name (shared modules)
 _MAX_LISTED = 8
 
 Reshape = Callable[[str, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
@@ -81,7 +81,7 @@ def _write_weights(path: Path, model: nn.Module) -> None:
     ``SafetensorError`` that only names the errno in its text, "... (os error 28)")."""
     tensors, aliases = _unique_tensors(model)
     try:
-        save_file(tensors, str(path), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
+        save_file(tensors, str(path), metadata={"format": "pt", ALIASES_KEY: json.dumps(aliases)})
     except SafetensorError as e:
         code = re.search(r"os error (\d+)", str(e))
         if code is None:
@@ -97,7 +97,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
+        aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     for alias, stored in aliases.items():

@@ -12,7 +12,6 @@ otherwise the command stops naming the first few offenders.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -25,9 +24,8 @@ import numpy as np
 import torch
 import yaml
 
-import vattcli
-from vattcli.checkpoints.folder import CONFIG, FORMAT_VERSION, META, _fsync
-from vattcli.checkpoints.weights import WEIGHTS, file_sha256, listed
+from vattcli.checkpoints.folder import CONFIG, LABELS, write_meta
+from vattcli.checkpoints.weights import ALIASES_KEY, WEIGHTS, file_sha256, listed
 from vattcli.config import RECIPES_DIR, to_dict
 from vattcli.convert.bundle import TensorBundle, resolve_prefix
 from vattcli.convert.layout import Layout, detect_kind, infer_model, split_keys
@@ -38,7 +36,6 @@ from vattcli.data.text import TextTokenizer
 from vattcli.errors import ConvertError
 
 CONVERTER_VERSION = 1
-LABELS = "labels.txt"
 # fine-tuned classifiers name their task by the class count [P §4.2; datasets.md]
 TASK_BY_CLASSES = {("video", 400): "kinetics400", ("video", 600): "kinetics600", ("video", 700): "kinetics700",
                    ("video", 339): "mit", ("audio", 527): "audioset"}
@@ -181,7 +178,7 @@ def convert_checkpoint(ckpt: Path, out: Path, *, vocab: Path | None = None, labe
             specs = [(n, s, np.dtype(np.int64) if n.endswith("num_batches_tracked") else np.dtype(np.float32))
                      for n, s in stored.items()]
             weights_hash = write_streamed(tmp / WEIGHTS, specs, produce,
-                                          {"format": "pt", "vatt_aliases": json.dumps(aliases)},
+                                          {"format": "pt", ALIASES_KEY: json.dumps(aliases)},
                                           done=lambda name: [bundle.release(names[s]) for s in by_target[name].sources])
             _write_folder(tmp, layout, task, tokenizer, label_names, bundle, weights_hash, prefix)
             _replace(tmp, out)
@@ -210,19 +207,10 @@ def _write_folder(tmp: Path, layout: Layout, task: str | None, tokenizer: TextTo
         tokenizer.save(tmp)
     if labels is not None:
         (tmp / LABELS).write_text("\n".join(labels) + "\n", encoding="utf-8")
-    files = sorted([*(p.name for p in tmp.iterdir()), META])
-    meta = {"format_version": FORMAT_VERSION, "vattcli_version": vattcli.__version__,
-            "torch_version": torch.__version__, "step": _step(prefix), "metrics": {},
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "weights_hash": weights_hash, "files": files,
-            "converted_from": {"kind": layout.kind, "prefix": str(prefix), "converter_version": CONVERTER_VERSION,
-                               "skipped": len(layout.skipped),
-                               "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                                         for p in bundle.files]}}
-    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    for name in files:
-        _fsync(tmp / name)
-    _fsync(tmp)
+    sources = [{"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in bundle.files]
+    write_meta(tmp, _step(prefix), weights_hash,
+               converted_from={"kind": layout.kind, "prefix": str(prefix), "converter_version": CONVERTER_VERSION,
+                               "skipped": len(layout.skipped), "files": sources})
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from vattcli.config import from_dict
 from vattcli.errors import ConfigError
-from vattcli.checkpoints import load_weights, read_config, weights_hash
+from vattcli.checkpoints import LABELS, load_weights, read_config, weights_hash
 from vattcli.train.config import FinetuneConfig
 from vattcli.train.finetune import build_classifier, evaluate_classifier, task_classes
 
@@ -39,7 +39,7 @@ def check_label_order(folder: Path, classes: list[str], data: str) -> None:
     """A checkpoint that stores its class names (``labels.txt``, ``vatt convert --labels``) is evaluated only on shards
     that number the classes the same way: class i of the head must be class i of the data. Names are compared
     ignoring case, underscores and repeated spaces ("air_drumming" = "air drumming")."""
-    path = folder / "labels.txt"
+    path = folder / LABELS
     if not path.is_file():
         return
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
