@@ -191,15 +191,19 @@ def _from_seek(
     """Items (time, x) of a fresh `decode()` after seeking to the keyframe at or before time t.
 
     When the first item is already past t (MPEG-TS seeks often land after the target; MP4 seeks by
-    decode time), seeks further back and decodes again.
+    decode time), seeks further back and decodes again, at last from the start of the file.
     """
-    seek_t = t
+    seek_t, from_start = t, False
     while True:
-        container.seek(max(0, int((seek_t + origin) / stream.time_base)), stream=stream)
+        if from_start:  # MPEG-TS: a seek to the first frame's time can land on the second keyframe
+            container.seek(0)
+        else:
+            container.seek(max(0, int((seek_t + origin) / stream.time_base)), stream=stream)
         items = decode()
         first = next(items, None)
-        if seek_t <= 0 or (first is not None and first[0] <= t + _EPS):
+        if from_start or (first is not None and first[0] <= t + _EPS):
             break
+        from_start = seek_t <= 0
         seek_t = max(0.0, seek_t - max(1.0, 2.0 * (first[0] - t) if first is not None else 1.0))
     if first is not None:
         yield first
