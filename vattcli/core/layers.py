@@ -2,7 +2,8 @@
 
 Attention runs through ``F.scaled_dot_product_attention`` so CUDA picks flash or memory-efficient kernels; the
 query/key/value projections are one fused matmul (the official Keras code has three Dense layers; a port concatenates
-their kernels).
+their kernels). ``set_activation_checkpointing`` makes the block stacks recompute each block in backward instead of
+keeping its activations (``train.activation_checkpointing``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 LN_EPS = 1e-6  # Keras LayerNormalization epsilon used throughout the official code [C modeling/common/transformers.py]
 
@@ -81,6 +83,24 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+def run_block(block: nn.Module, x: torch.Tensor, attn_bias: torch.Tensor | None, checkpointed: bool) -> torch.Tensor:
+    """``block(x, attn_bias)``; ``checkpointed`` (while gradients are recorded): its activations are dropped and
+    recomputed in backward, about a third more compute for a block's worth of memory. The RNG state is saved with
+    it, so dropout draws the same masks again and the result is the unchecked one's."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, x, attn_bias, use_reentrant=False)
+    return block(x, attn_bias)
+
+
+def set_activation_checkpointing(module: nn.Module, enabled: bool) -> int:
+    """Turn block checkpointing on or off in every ``Encoder``/``T5Encoder`` inside ``module``; returns how many
+    stacks it set (a VATT-MA encoder shared by three backbones counts once)."""
+    stacks = [m for m in module.modules() if isinstance(m, (Encoder, T5Encoder))]
+    for stack in stacks:
+        stack.checkpointed = enabled
+    return len(stacks)
+
+
 class Encoder(nn.Module):
     """A stack of pre-norm blocks followed by the final LayerNorm and dropout (``pre_norm=True``) [C configs/*].
 
@@ -94,10 +114,11 @@ class Encoder(nn.Module):
             Block(d_model, d_ff, num_heads, d_kv=d_kv, dropout=dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model, eps=LN_EPS)
         self.drop = nn.Dropout(dropout)
+        self.checkpointed = False  # set_activation_checkpointing
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, attn_bias)
+            x = run_block(layer, x, attn_bias, self.checkpointed)
         return self.drop(self.norm(x))
 
 
@@ -182,11 +203,12 @@ class T5Encoder(nn.Module):
             T5Block(d_model, d_ff, num_heads, d_kv=d_kv, dropout=dropout) for _ in range(num_layers))
         self.norm = RMSNorm(d_model)
         self.drop = nn.Dropout(dropout)
+        self.checkpointed = False  # set_activation_checkpointing
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """x (B, N, d); keep (B, N) bool, False at padding."""
         bias = self.relative_bias(x.shape[1]).to(x.dtype)
         bias = bias.masked_fill(~keep[:, None, None, :], -1e9)  # (B, heads, N, N)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = run_block(layer, x, bias, self.checkpointed)
         return self.drop(self.norm(x))

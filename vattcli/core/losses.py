@@ -21,8 +21,10 @@ Symmetric (`symmetric=True`) [C utils/train/objectives.py `SymmetricNCE._calcula
 
 Reduction: "mean" divides the sum over valid local rows by their count, which is what the code's `B / #valid`
 rescaling of a masked batch mean gives; a batch without a valid row gives 0 (the code zeroes NaN). Here masked
-entries are dropped rather than offset by -1e9 (identical in value: exp(-1e9) is 0 in every float type) and invalid
-rows are never computed, so no NaN or infinity ever enters the graph and the zero-valid gradient is exactly 0.
+entries are set to -1e9 (the code subtracts 1e9; exp(-1e9 - max) is 0 in every float type, so either equals dropping
+them) and invalid rows are computed, then zeroed before the sum: every shape is static, so a compiled training step
+is one graph (no data-dependent boolean indexing), no NaN or infinity ever enters the graph, and the zero-valid
+gradient is exactly 0.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 _REDUCTIONS = ("mean", "sum")
 _COMBINES = ("mean", "sum")
+MASKED = -1e9  # logit of a masked pair: the official code's offset [C utils/train/objectives.py]
 
 
 def _world_size() -> int:
@@ -103,18 +106,21 @@ def _check_inputs(video: Tensor, partners: Tensor, valid: Tensor | None, tempera
 
 
 def _per_row_losses(
-    video: Tensor, partners: Tensor, video_all: Tensor, negatives: Tensor, temperature: float, symmetric: bool
+    video: Tensor, partners: Tensor, video_all: Tensor, partners_all: Tensor, valid_all: Tensor, temperature: float,
+    symmetric: bool,
 ) -> Tensor:
-    """Loss of each valid local row (n,).
+    """Loss of every local row (B,), valid or not (the caller zeroes the invalid ones).
 
-    video (n, D) and partners (n, K, D): the valid local samples; video_all (B_all, D): every global video;
-    negatives (M, K, D): the partners of every valid global sample.
+    video (B, D) and partners (B, K, D): the local samples; video_all (B_all, D) and partners_all (B_all, K, D): every
+    global sample; valid_all (B_all,): whose partners are negatives. Partners of invalid samples are masked with
+    ``MASKED`` rather than dropped, so the shapes do not depend on the data.
     """
-    n, k, dim = partners.shape
+    k, dim = partners.shape[1:]
     lse_pos = torch.logsumexp(torch.einsum("nd,nkd->nk", video, partners) / temperature, dim=1)
-    video_to_partners = video @ negatives.reshape(negatives.shape[0] * k, dim).T / temperature  # (n, M*K)
-    partners_to_videos = torch.einsum("bd,nkd->nbk", video_all, partners).reshape(n, video_all.shape[0] * k)
-    partners_to_videos = partners_to_videos / temperature  # (n, B_all*K)
+    video_to_partners = video @ partners_all.reshape(partners_all.shape[0] * k, dim).T / temperature  # (B, B_all*K)
+    video_to_partners = video_to_partners.masked_fill(~valid_all.repeat_interleave(k)[None, :], MASKED)
+    partners_to_videos = torch.einsum("bd,nkd->nbk", video_all, partners).reshape(video.shape[0], -1)
+    partners_to_videos = partners_to_videos / temperature  # (B, B_all*K)
     if symmetric:
         return (
             torch.logsumexp(video_to_partners, dim=1) - lse_pos + torch.logsumexp(partners_to_videos, dim=1) - lse_pos
@@ -150,9 +156,8 @@ def mil_nce(
             valid_all = _gather_plain(valid)
         else:
             video_all, partners_all, valid_all = video, partners, valid
-        negatives = partners_all[valid_all]
-        rows = _per_row_losses(video[valid], partners[valid], video_all, negatives, temperature, symmetric)
-        total = rows.sum()
+        rows = _per_row_losses(video, partners, video_all, partners_all, valid_all, temperature, symmetric)
+        total = torch.where(valid, rows, 0.0).sum()
     if reduction == "sum":
         return total
     return total / valid.sum().clamp_min(1).to(total.dtype)

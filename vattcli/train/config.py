@@ -73,6 +73,16 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
+    # Throughput switches (bench/bench_pretrain_step.py measures each against today's path; defaults are today's
+    # behaviour until a GPU run shows a faster one that keeps the losses). compile_mode applies when compile is on:
+    # reduce-overhead adds CUDA graphs, max-autotune also tunes the matmul kernels (minutes of compiling).
+    compile_mode: Literal["default", "max-autotune", "reduce-overhead"] = "default"
+    # The scaled-dot-product attention kernel (CUDA; math also on CPU). flash/cudnn fall back to efficient for the
+    # text tower, whose relative-position bias they cannot take.
+    attention_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
+    # blocks: recompute each Transformer block in backward instead of keeping its activations (a larger batch fits)
+    activation_checkpointing: Literal["none", "blocks"] = "none"
+    fp8: bool = False  # torchao float8 matmuls in the backbones' Linear layers (Hopper+); heads and losses stay bf16
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
     peak_tflops: float | None = None  # for MFU; default 989 (dense bf16 H100/H200) on CUDA, none on CPU
 

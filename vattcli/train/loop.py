@@ -4,8 +4,9 @@ checkpoints, resume and clean stops on SIGTERM/SIGINT.
 A task gives a ``step_fn(model, batch) -> {"loss": tensor, other scalar parts}`` and a loader with
 ``state_dict``/``load_state_dict``. On CUDA the loop uses bf16 autocast, fused optimisers (``build_optimizer``),
 non-blocking copies from pinned memory with the next batch already requested from the workers, and optionally
-``torch.compile``; on CPU it runs in fp32. A preempted job saves a checkpoint at the end of the step it is in, so at
-most that step is lost, and ``--resume latest`` continues bit for bit on CPU (weights, optimiser, RNG, data position).
+``torch.compile`` and the other throughput switches of ``TrainConfig`` (``train.speed``); on CPU it runs in fp32.
+A preempted job saves a checkpoint at the end of the step it is in, so at most that step is lost, and
+``--resume latest`` continues bit for bit on CPU (weights, optimiser, RNG, data position).
 On several processes a checkpoint holds every rank's RNG state and data position, and the main rank alone writes
 it; a resume needs the same number of processes. The run folder's policy (one writer, what a resume starts from) is
 in ``run_folder``.
@@ -37,11 +38,10 @@ from vattcli.train.distributed import (DistInfo, all_reduce_mean, from_main, gat
                                        on_every_rank, unwrap)
 from vattcli.train.optim import build_optimizer, learning_rate, set_lr
 from vattcli.train.run_folder import resume_point, trim_metrics
+from vattcli.train.speed import apply_model_switches, attention_context, check_switches, compile_step
 
 log = logging.getLogger(__name__)
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of H100/H200 (design.md)
-
-
 class TrainingError(VattError):
     """Training cannot go on (e.g. the loss stayed non-finite for several steps)."""
 
@@ -149,7 +149,8 @@ class Trainer:
                  loader: Any, train: TrainConfig, optim: OptimConfig, info: DistInfo, config_yaml: str,
                  tokenizer: Path | None = None, flops_per_sample: float = 0.0, global_batch: int = 1,
                  clip_params: Iterable[nn.Parameter] | None = None, console: Console | None = None,
-                 on_checkpoint: Callable[[int], dict[str, float]] | None = None) -> None:
+                 on_checkpoint: Callable[[int], dict[str, float]] | None = None, compile_whole_step: bool = False,
+                 ) -> None:
         self.model, self.step_fn, self.loader, self.cfg, self.optim_cfg = model, step_fn, loader, train, optim
         self.info, self.config_yaml, self.tokenizer = info, config_yaml, tokenizer
         self.flops_per_sample, self.global_batch = flops_per_sample, global_batch
@@ -164,7 +165,9 @@ class Trainer:
         self.bad_steps = 0
         precision = train.precision if train.precision != "auto" else ("bf16" if info.device.type == "cuda" else "fp32")
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-        self.compiled = torch.compile(model) if train.compile else model
+        check_switches(train, info.device)
+        apply_model_switches(unwrap(model), train)
+        self.run_step = compile_step(step_fn, model, train, info, whole=compile_whole_step)
         peak = train.peak_tflops * 1e12 if train.peak_tflops else (
             H100_BF16_PEAK if info.device.type == "cuda" else None)
         self.peak = peak * info.world_size if peak else None
@@ -237,12 +240,13 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         for i, part in enumerate(micro):
             sync = contextlib.nullcontext()
-            if i < len(micro) - 1 and hasattr(self.compiled, "no_sync"):
-                sync = self.compiled.no_sync()
-            with sync, torch.autocast(self.info.device.type, dtype=self.autocast_dtype,
-                                      enabled=self.autocast_dtype is not None):
-                out = self.step_fn(self.compiled, part)
-            (out["loss"] / len(micro)).backward()
+            if i < len(micro) - 1 and hasattr(self.model, "no_sync"):
+                sync = self.model.no_sync()
+            with sync, attention_context(self.cfg.attention_backend):
+                with torch.autocast(self.info.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    out = self.run_step(self.model, part)
+                (out["loss"] / len(micro)).backward()
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
         values = {k: all_reduce_mean(float(v), self.info) for k, v in totals.items()}

@@ -24,6 +24,7 @@ from vattcli.data.folders import shard_folder, shard_urls
 from vattcli.train.data import MixedShardDataset, SyntheticPretrainLoader
 from vattcli.train.distributed import DistInfo, init_distributed, shutdown, wrap_model
 from vattcli.train.loop import Trainer
+from vattcli.train.speed import check_switches
 from vattcli.train.run_folder import claim_run_dir, clear_run
 
 
@@ -112,6 +113,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: str | None = None, overwrite: b
     weights hash."""
     info = init_distributed(cfg.train.device)
     try:
+        check_switches(cfg.train, info.device)  # before the run folder exists: a refused switch leaves nothing
         with claim_run_dir(cfg.train.run_dir, info, resume=resume, overwrite=overwrite):
             return _pretrain(cfg, info, resume=resume, overwrite=overwrite, verify=verify, console=console)
     finally:
@@ -144,7 +146,8 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo, *, resume: str | None, overwr
         clear_run(Path(cfg.train.run_dir))
     trainer = Trainer(model=wrapped, step_fn=pretrain_step(loss_fn), loader=loader, train=cfg.train,
                       optim=cfg.optim, info=info, config_yaml=dump_yaml(cfg), tokenizer=tok_path,
-                      flops_per_sample=flops, global_batch=cfg.data.batch_size, console=console)
+                      flops_per_sample=flops, global_batch=cfg.data.batch_size, console=console,
+                      compile_whole_step=True)
     if resume:
         trainer.resume(resume, verify=verify)
     if info.is_main:  # after a resume was found usable: a refused one leaves the run folder as it was
