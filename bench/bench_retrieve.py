@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from vattcli.api import build_model, model_config
 from vattcli.core.model import BackboneSpec
 from vattcli.data.text import TextTokenizer, train_tokenizer
-from vattcli.eval.index import RetrievalIndex
+from vattcli.retrieval.index import RetrievalIndex
 from vattcli.eval.query import encode_text
 
 WORDS = {"colour": ["red", "green", "blue", "yellow", "purple", "orange"],
@@ -47,7 +47,7 @@ def random_index(n: int, d_vt: int, d_va: int, seed: int = 0) -> RetrievalIndex:
     items = [{"key": f"clip{i:06d}", "source": f"videos/{i // 20:05d}.mp4", "start": float(i % 20) * 3.2,
               "end": float(i % 20) * 3.2 + 3.2, "caption": "a clip"} for i in range(n)]
     info = {"num_items": n, "dims": {"vt": d_vt, "va": d_va}, "weights_hash": "", "checkpoint": ""}
-    return RetrievalIndex(Path("bench"), info, vt, va, items)
+    return RetrievalIndex(Path("bench"), info, items, matrices={"vt": vt, "va": va})
 
 
 def percentiles(times_s: list[float]) -> dict[str, float]:

@@ -26,7 +26,7 @@ from vattcli.data.shards import ShardWriter
 from vattcli.data.text import TextTokenizer, train_tokenizer
 from vattcli.errors import VattError
 from vattcli.eval.embed import Embeddings
-from vattcli.eval.index import RetrievalIndex, resolve_index
+from vattcli.retrieval.index import RetrievalIndex, resolve_index
 from vattcli.eval.query import encode_audio_file, encode_video_file
 from vattcli.checkpoints import save_checkpoint
 from vattcli.train.config import PretrainConfig
@@ -142,7 +142,9 @@ def test_round_trip_by_name_under_vatt_home(world, tmp_path, monkeypatch):
     built, vt, va, meta = build(resolve_index("toy"), world["ckpt"])
     assert sorted(p.name for p in folder.parent.iterdir()) == ["toy"]  # no temporary folder left behind
     raw = load_file(str(folder / "embeddings.safetensors"))
-    assert set(raw) == {"video_vt", "video_va"} and all(t.dtype == torch.float32 for t in raw.values())
+    assert set(raw) == {"video_vt", "video_va", "rows_vt", "rows_va"}
+    assert raw["video_vt"].dtype == raw["video_va"].dtype == torch.float32
+    assert raw["rows_vt"].tolist() == raw["rows_va"].tolist() == list(range(40))  # one row per clip in each space
     np.testing.assert_allclose(raw["video_vt"].double().norm(dim=1).numpy(), 1.0, atol=1e-6)
 
     loaded = RetrievalIndex.load("toy")

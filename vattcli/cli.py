@@ -24,6 +24,7 @@ from vattcli.commands import evaluate as evaluate_commands
 from vattcli.commands import export as export_commands
 from vattcli.commands import retrieve as retrieve_commands
 from vattcli.commands import train as train_commands
+from vattcli.commands.index import app as index_app
 from vattcli.commands.preprocess import app as preprocess_app
 from vattcli.errors import VattError
 
@@ -32,6 +33,7 @@ app = typer.Typer(name="vatt", rich_markup_mode="rich", no_args_is_help=True, ad
 recipes_app = typer.Typer(no_args_is_help=True, help="List, show and copy the shipped YAML recipes.")
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(preprocess_app, name="preprocess")
+app.add_typer(index_app, name="index")
 app.command("pretrain")(train_commands.pretrain)
 app.command("finetune")(train_commands.finetune)
 app.command("evaluate")(evaluate_commands.evaluate)

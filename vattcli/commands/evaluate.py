@@ -46,7 +46,7 @@ def evaluate(
         run = run_retrieval(task, str(folder), data, out=out, device=device, num_workers=workers, console=console,
                             verify=verify)
         if index:
-            from vattcli.eval.index import RetrievalIndex, resolve_index
+            from vattcli.retrieval.index import RetrievalIndex, resolve_index
 
             built = RetrievalIndex.build(resolve_index(index), run["embeddings"], ckpt=folder,
                                          tokenizer_sha256=run["tokenizer"].sha256, model_name=run["model"].config.name,

@@ -51,7 +51,7 @@ def retrieve(
         raise VattError("give exactly one of a text query, --video, --audio or --build"
                         + (f" (got {' and '.join(modes)})" if modes else ""))
     if build is not None:
-        _build(build, data, ckpt, index_home, overwrite, device, not no_verify)
+        build_from_shards(build, data, ckpt, index_home, overwrite, device, not no_verify)
         return
     if index is None:
         raise VattError("--index NAME_OR_PATH is required to search (see `vatt retrieve --help`)")
@@ -60,17 +60,18 @@ def retrieve(
     _search(index, index_home, ckpt, device, query, video, audio, top_k, as_json, not no_verify)
 
 
-def _build(name: str, data: Path | None, ckpt: Path | None, home: Path | None, overwrite: bool, device: str,
-           verify: bool) -> None:
+def build_from_shards(name: str, data: Path | None, ckpt: Path | None, home: Path | None, overwrite: bool,
+                      device: str, verify: bool) -> None:
+    """An index of the clips of a shard folder (one entry per clip, its evaluation views averaged)."""
     from vattcli.api import load_model
     from vattcli.data.text import TextTokenizer
     from vattcli.eval.embed import embed_clips
-    from vattcli.eval.index import RetrievalIndex, check_target, resolve_index
+    from vattcli.retrieval.index import RetrievalIndex, check_target, resolve_index
     from vattcli.eval.query import clip_spec_from_checkpoint
     from vattcli.checkpoints import find_checkpoint, tokenizer_path
 
     if data is None or ckpt is None:
-        raise VattError("--build needs --data SHARDS and --ckpt CKPT")
+        raise VattError("building from shards needs --data SHARDS and --ckpt CKPT")
     target = resolve_index(name, home)
     check_target(target, overwrite)
     folder = find_checkpoint(ckpt, verify=verify)
@@ -87,7 +88,7 @@ def _build(name: str, data: Path | None, ckpt: Path | None, home: Path | None, o
 def _search(index_name: str, home: Path | None, ckpt: Path | None, device: str, text: str | None,
             video: Path | None, audio: Path | None, top_k: int, as_json: bool, verify: bool) -> None:
     from vattcli.api import load_model
-    from vattcli.eval.index import RetrievalIndex
+    from vattcli.retrieval.index import RetrievalIndex
     from vattcli.checkpoints import find_checkpoint
 
     index = RetrievalIndex.load(index_name, home=home)

@@ -1,6 +1,7 @@
 """Reading media: ``decode_clip`` (frames at a frame rate with the audio of the same window), ``decode_image``, and
 the public names of ``media_io`` (containers, probing, video frames) and ``media_audio`` (audio windows, resampling).
-With those two and media_write.py, the only code that touches PyAV and soundfile.
+With those two, media_write.py and windows.py (one sequential pass per file, for indexing), the only code that
+touches PyAV and soundfile.
 
 Time zero is the first video frame (see ``origin_of``). Frames are chosen and audio is placed by
 decoded timestamps only: container metadata (duration, frame count) is reported by ``probe`` but never
