@@ -23,6 +23,7 @@ from vattcli.commands import convert as convert_commands
 from vattcli.commands import evaluate as evaluate_commands
 from vattcli.commands import export as export_commands
 from vattcli.commands import retrieve as retrieve_commands
+from vattcli.commands import serve as serve_commands
 from vattcli.commands import train as train_commands
 from vattcli.commands.index import app as index_app
 from vattcli.commands.preprocess import app as preprocess_app
@@ -38,6 +39,7 @@ app.command("pretrain")(train_commands.pretrain)
 app.command("finetune")(train_commands.finetune)
 app.command("evaluate")(evaluate_commands.evaluate)
 app.command("retrieve")(retrieve_commands.retrieve)
+app.command("serve")(serve_commands.serve)
 app.command("export")(export_commands.export)
 app.command("convert")(convert_commands.convert)
 console = Console()
