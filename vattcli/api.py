@@ -15,7 +15,7 @@ from vattcli.config import ModelRecipe, list_recipes, load_config, to_dict
 from vattcli.core.flops import FlopCount, estimate_flops
 from vattcli.core.model import VATT, Classifier, ModelConfig, build_backbone
 
-__all__ = ["build_model", "load_model", "load_tokenizer", "model_config", "list_models", "estimate_flops", "FlopCount",
+__all__ = ["build_model", "load_model", "load_tokenizer", "open_index", "model_config", "list_models", "estimate_flops", "FlopCount",
            "VATT", "ModelConfig"]
 
 
@@ -88,3 +88,21 @@ def load_tokenizer(ckpt: str | Path, *, verify: bool = True):
     if path is None:
         raise CheckpointError(f"{folder}: no tokenizer stored with this checkpoint")
     return TextTokenizer.load(path)
+
+
+def open_index(name_or_path: str | Path, *, home: Path | None = None, ckpt: str | Path | None = None,
+               device: str | torch.device = "cpu", verify: bool = True):
+    """A retrieval index with the model that encodes its queries: the checkpoint that built it, or ``ckpt`` (a copy
+    with the same weights; any other is refused by weights hash). Returns (index, checkpoint folder, model)."""
+    from vattcli.checkpoints import find_checkpoint
+    from vattcli.errors import VattError
+    from vattcli.retrieval.index import RetrievalIndex
+
+    index = RetrievalIndex.load(name_or_path, home=home)
+    if ckpt is None and not index.checkpoint.is_dir():
+        raise VattError(f"{index.checkpoint}: the checkpoint that built index {index.name!r} is gone; pass --ckpt "
+                        "with a copy of it")
+    folder = find_checkpoint(ckpt or index.checkpoint, verify=verify)
+    index.check_checkpoint(folder, verify=verify)
+    return index, folder, load_model(folder, device=device, verify=verify)
+

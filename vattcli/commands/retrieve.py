@@ -87,17 +87,9 @@ def build_from_shards(name: str, data: Path | None, ckpt: Path | None, home: Pat
 
 def _search(index_name: str, home: Path | None, ckpt: Path | None, device: str, text: str | None,
             video: Path | None, audio: Path | None, top_k: int, as_json: bool, verify: bool) -> None:
-    from vattcli.api import load_model
-    from vattcli.retrieval.index import RetrievalIndex
-    from vattcli.checkpoints import find_checkpoint
+    from vattcli.api import open_index
 
-    index = RetrievalIndex.load(index_name, home=home)
-    if ckpt is None and not index.checkpoint.is_dir():
-        raise VattError(f"{index.checkpoint}: the checkpoint that built index {index.name!r} is gone; pass --ckpt "
-                        "with a copy of it")
-    ckpt = find_checkpoint(ckpt or index.checkpoint, verify=verify)
-    index.check_checkpoint(ckpt, verify=verify)
-    model = load_model(ckpt, device=device, verify=verify)
+    index, ckpt, model = open_index(index_name, home=home, ckpt=ckpt, device=device, verify=verify)
     space, described, vector = _encode_query(model, ckpt, index, text, video, audio, verify)
     hits = index.search(vector, space=space, top_k=top_k)
     if as_json:

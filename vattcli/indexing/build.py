@@ -20,6 +20,7 @@ from vattcli.errors import VattError
 from vattcli.indexing.chunks import DONE, FileWindows, PartWriter, done_paths, write_json
 from vattcli.indexing.embed import WindowBatcher
 from vattcli.indexing.stream import WindowStream, worker_init
+from vattcli.progress import duration
 
 
 # a worker's windows need not wait for the other workers' turn (``in_order``: torch >= 2.6; pyproject allows 2.4)
@@ -77,15 +78,8 @@ class _Progress:
             remaining_hint = report.seconds / report.files * (self.total - done)
         eta = remaining_hint / rate if rate > 0 and remaining_hint is not None else math.inf
         self.console.print(f"files {done}/{self.total}  media {report.seconds / 3600:.2f} h  "
-                           f"{report.windows / elapsed:.1f} windows/s  {rate:.1f} media s/s  ETA {_duration(eta)}",
+                           f"{report.windows / elapsed:.1f} windows/s  {rate:.1f} media s/s  ETA {duration(eta)}",
                            markup=False, highlight=False, soft_wrap=True)
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class _StopFlag:

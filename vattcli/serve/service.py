@@ -78,18 +78,11 @@ class SearchService:
     def open(cls, name: str, *, home: Path | None = None, ckpt: Path | None = None, device: str = "cpu",
              verify: bool = True, limits: Limits = Limits()) -> "SearchService":
         """Load index ``name`` and its checkpoint (``ckpt``: a copy with the same weights) once."""
-        from vattcli.api import load_model, load_tokenizer
-        from vattcli.checkpoints import find_checkpoint, tokenizer_path
+        from vattcli.api import load_tokenizer, open_index
+        from vattcli.checkpoints import tokenizer_path
         from vattcli.eval.query import clip_spec_from_checkpoint
-        from vattcli.retrieval.index import RetrievalIndex
 
-        index = RetrievalIndex.load(name, home=home)
-        if ckpt is None and not index.checkpoint.is_dir():
-            raise VattError(f"{index.checkpoint}: the checkpoint that built index {index.name!r} is gone; pass "
-                            "--ckpt with a copy of it")
-        folder = find_checkpoint(ckpt or index.checkpoint, verify=verify)
-        index.check_checkpoint(folder, verify=verify)
-        model = load_model(folder, device=device, verify=verify)
+        index, folder, model = open_index(name, home=home, ckpt=ckpt, device=device, verify=verify)
         if not hasattr(model, "head"):
             raise ConfigError(f"{folder}: a fine-tuned classifier has no common spaces to search")
         tokenizer = load_tokenizer(folder, verify=verify) if tokenizer_path(folder) is not None else None

@@ -33,6 +33,7 @@ from torch import nn
 from vattcli.checkpoints import CheckpointManager, capture_rng, load_train_state, load_weights, restore_rng
 from vattcli.data.pipeline import finish_batch
 from vattcli.errors import CheckpointError, VattError
+from vattcli.progress import duration
 from vattcli.train.config import OptimConfig, TrainConfig
 from vattcli.train.distributed import (DistInfo, all_reduce_mean, from_main, gather_objects, max_over_ranks,
                                        on_every_rank, unwrap)
@@ -111,14 +112,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def _duration(seconds: float) -> str:
-    """``215`` -> ``3m35s``; ``4000`` -> ``1h06m``."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 class PlainProgress:
     """Progress as plain lines for logs and pipes (design.md, Progress): the first step, then at most one line
     every ``every_s`` seconds, with step/total, the last loss, the rate and the ETA. The rate is measured from the
@@ -139,7 +132,7 @@ class PlainProgress:
         self.last = now
         eta = (self.total - step) / rate if rate > 0 else math.inf
         self.console.print(f"step {step}/{self.total} ({step / max(self.total, 1):.0%})  loss {loss:.4g}  "
-                           f"{rate:.3g} steps/s  ETA {_duration(eta)}", markup=False, highlight=False, soft_wrap=True)
+                           f"{rate:.3g} steps/s  ETA {duration(eta)}", markup=False, highlight=False, soft_wrap=True)
 
 
 class Trainer:
