@@ -14,6 +14,7 @@ C while decoding is the limit (see the DataLoader scaling in bench_loader.py). O
 
     python bench/bench_index.py                          # vatt-tiny (the toy model's clip)
     python bench/bench_index.py --model vatt-bbs --windows 8
+    python bench/bench_index.py --model vatt-bbs --device cuda --workers 16 --videos 16   # per GPU (gpu_check.sh index)
 """
 
 from __future__ import annotations
@@ -48,26 +49,34 @@ def decode_only(files: list[Path], spec: ClipSpec, stride: float) -> tuple[float
     return time.perf_counter() - start, windows
 
 
-def pipeline(files: list[Path], spec: ClipSpec, stride: float, model: torch.nn.Module, folder: Path) -> float:
-    settings = BuildSettings(window=spec.seconds, stride=stride, batch=8, workers=0)
+def pipeline(files: list[Path], spec: ClipSpec, stride: float, model: torch.nn.Module, folder: Path,
+             device: torch.device, workers: int) -> float:
+    settings = BuildSettings(window=spec.seconds, stride=stride, batch=16, workers=workers)
     start = time.perf_counter()
-    index_part(files, folder, model, spec, settings, device=torch.device("cpu"),
+    index_part(files, folder, model, spec, settings, device=device,
                dims={"vt": model.config.d_vt, "va": model.config.d_va}, console=Console(stderr=True, quiet=True),
                resume_hint="", every=1e9)
     return time.perf_counter() - start
 
 
 @torch.inference_mode()
-def model_only(files: list[Path], spec: ClipSpec, stride: float, model: torch.nn.Module, count: int) -> float:
+def model_only(files: list[Path], spec: ClipSpec, stride: float, model: torch.nn.Module, count: int,
+               device: torch.device) -> float:
     windows = []
     for w in iter_windows(files[0], spec, stride=stride):
         windows.append(to_model_range(center_crop(w.frames, spec.size)))
         if len(windows) == count:
             break
-    batch = torch.stack(windows)
-    model(video=batch[:1])  # warm-up
-    start = time.perf_counter()
-    model(video=batch)
+    batch = torch.stack(windows).to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        model(video=batch[:1])  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(video=batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     return (time.perf_counter() - start) / len(windows)
 
 
@@ -77,6 +86,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--windows", type=int, default=16, help="windows timed through the model alone")
+    parser.add_argument("--device", default="cpu", help="cpu (figures per core) or cuda (the model on the GPU, "
+                        "decoding in --workers processes)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes for the pipeline (0: in process)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -84,7 +96,8 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = model_config(args.model, droptoken_rate=0.0)
     spec = CLIPS.get(args.model, ClipSpec())
-    model = build_model(cfg).eval()
+    device = torch.device(args.device)
+    model = build_model(cfg, device=device).eval()
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for i in range(args.videos):
@@ -94,10 +107,10 @@ def main() -> None:
         media = sum(summarize(p).duration for p in files)
         stride = spec.seconds / 2
         decode_s, windows = decode_only(files, spec, stride)
-        full_s = pipeline(files, spec, stride, model, Path(tmp) / "part")
-        per_window = model_only(files, spec, stride, model, args.windows)
+        full_s = pipeline(files, spec, stride, model, Path(tmp) / "part", device, args.workers)
+        per_window = model_only(files, spec, stride, model, args.windows, device)
     result = {
-        "model": cfg.name, "clip": {"frames": spec.frames, "fps": spec.fps, "size": spec.size},
+        "model": cfg.name, "device": str(device), "workers": args.workers, "clip": {"frames": spec.frames, "fps": spec.fps, "size": spec.size},
         "media_seconds": round(media, 1), "windows": windows, "source": "640x360 25 fps H.264 + AAC",
         "realtime_per_core": {"decode_only": round(media / decode_s, 1), "pipeline": round(media / full_s, 1),
                               "model_only": round(media / (per_window * windows), 1)},

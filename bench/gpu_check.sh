@@ -18,7 +18,8 @@
 #                      the fastest rate measured above: data wait as a share of the step time
 #   tests              the loss and compiled-step tests against the GPU machine's torch build
 # Also by name: finish (raw clips finished on the GPU), data (clips/s from shards vs original videos), backbone
-# (encoder vs nn.TransformerEncoderLayer), demo (the toy pipeline on the GPU).
+# (encoder vs nn.TransformerEncoderLayer), demo (the toy pipeline on the GPU), index (vatt index build with VATT-BBS:
+# media time per GPU-second, decoding in one worker per core).
 set -uo pipefail
 out="${1:-${OUT:-bench-results}}"
 shift || true
@@ -54,6 +55,8 @@ print(round(r["baseline_figures"]["samples_per_s"] * r["variants"].get(f, {}).ge
 step loader 70 "$py" bench/bench_loader.py --workers "$(printf '%s\n' 1 4 8 "$cores" | awk -v c="$cores" '$1 <= c' \
   | sort -nu | paste -sd,)" --seconds 3 --batch 32 --device cuda --step-samples-per-s "$rate" --json "$out/loader.json"
 step tests 60 "$py" -m pytest -q -x -p no:cacheprovider tests/test_losses.py tests/test_compile.py -k "not cli"
+step index 120 "$py" bench/bench_index.py --model vatt-bbs --device cuda --workers "$cores" --videos "$cores" \
+  --seconds 30 --windows 64 --json "$out/index.json"
 step finish 120 "$py" bench/bench_finish.py --model vatt-bbs --batch 64 --json "$out/finish.json"
 step data 240 "$py" bench/bench_data.py --videos "$cores" --seconds 40 --rounds 1 --clips 16 \
   --loader-workers "$((cores / 2)),$cores" --loader-seconds 12 --out-json "$out/data.json"

@@ -21,7 +21,8 @@ from vattcli.api import load_tokenizer  # noqa: E402
 from vattcli.eval.query import encode_audio_file, encode_video_file  # noqa: E402
 from vattcli.retrieval.index import RetrievalIndex  # noqa: E402
 from vattcli.retrieval.store import IndexContent  # noqa: E402
-from vattcli.serve.service import SearchService, source_name  # noqa: E402
+from vattcli.retrieval.names import source_name  # noqa: E402
+from vattcli.serve.service import SearchService  # noqa: E402
 
 from servekit import LIMIT, check_results, expected, multipart, unit, world  # noqa: E402,F401  (world: the module fixture)
 

@@ -11,7 +11,9 @@ follow the collection's own distribution -- and keeps the smallest power of two 
 200 queries falls below it on fresh ones about half the time). A plan with a fast-scan pre-filter also tunes
 ``k_factor`` (candidates per result re-scored with the stored code): at each ``nprobe`` it tries the plan's value, then
 4x and 16x it while that still gains recall, since re-scoring a few hundred more codes costs far less than scanning
-twice the lists, and a coarse 4-bit pre-filter can otherwise cap recall below the target. When no setting reaches
+twice the lists, and a coarse 4-bit pre-filter can otherwise cap recall below the target. If even so the pre-filter
+cannot reach the target, the same lists (same centroids) are rebuilt without it and the better index kept, its plan
+noting ``prefilter_recall_at_10``. When no setting reaches
 the target (a product-quantised code under a tight budget loses neighbours no probing brings back), it keeps the
 cheapest one within 0.005 of the best recall seen and records ``target_met: false``; the measured recall is always
 stored in the plan.
@@ -117,24 +119,47 @@ class AnnIndex:
     def build(cls, vectors: np.ndarray, plan: dict[str, Any], *, target_recall: float = 0.95, k: int = 10,
               seed: int = 0, tune_queries: int = 200) -> AnnIndex:
         """Train on a sample of ``vectors`` (N, d) unit rows, add them all, tune ``nprobe`` (module docstring)."""
-        faiss = import_faiss()
+        import_faiss()  # FaissMissing before any work
         if plan.get("kind") != "ivf":
             raise VattError(f"index plan kind {plan.get('kind')!r}: only an 'ivf' plan builds a FAISS index")
         x = _as_matrix(vectors, int(plan["dim"]), "vectors")
         n = len(x)
         if n < int(plan["nlist"]):
             raise VattError(f"vectors: {n} rows cannot train {plan['nlist']} lists (choose_plan for this size)")
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, int(plan["train_size"])), replace=False))
+        built = cls._trained(x, sample, {**plan, "n": n}, seed)
+        built._tune(x, np.random.default_rng(seed + 1), target_recall, k, tune_queries)
+        if built.plan.get("scan") and not built.plan["target_met"]:
+            built = built._without_prefilter(x, sample, seed, target_recall, k, tune_queries)
+        built.plan["bytes_per_item"] = round(built._serialized_bytes() / n, 2)
+        return built
+
+    @classmethod
+    def _trained(cls, x: np.ndarray, sample: np.ndarray, plan: dict[str, Any], seed: int,
+                 centroids: np.ndarray | None = None) -> AnnIndex:
+        """The plan's index trained on ``x[sample]`` (no k-means when ``centroids`` are given), all of ``x`` added."""
+        faiss = import_faiss()
         index = faiss.index_factory(x.shape[1], plan["factory"], faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = seed
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, int(plan["train_size"])), replace=False))
+        if centroids is not None:
+            ivf.quantizer.add(centroids)  # a quantizer already holding nlist centroids is not trained again
         index.train(x[sample])
         index.add(x)
-        built = cls(index, {**plan, "n": n})
-        built._tune(x, rng, target_recall, k, tune_queries)
-        built.plan["bytes_per_item"] = round(built._serialized_bytes() / n, 2)
-        return built
+        return cls(index, plan)
+
+    def _without_prefilter(self, x: np.ndarray, sample: np.ndarray, seed: int, target: float, k: int,
+                           count: int) -> AnnIndex:
+        """The same lists scanned with the stored code itself, when the 4-bit pre-filter cannot reach ``target``
+        (data without structure, such as uniform random vectors, defeats it); the better of the two is kept."""
+        quantizer = import_faiss().extract_index_ivf(self._index).quantizer
+        centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+        plan = {key: v for key, v in self.plan.items() if key not in ("k_factor", "nprobe", "recall_at_10")}
+        plan.update(scan=None, factory=f"{self.plan['factory'].split(',')[0]},{self.plan['code']}",
+                    prefilter_recall_at_10=self.plan["recall_at_10"])
+        plain = self._trained(x, sample, plan, seed, centroids)
+        plain._tune(x, np.random.default_rng(seed + 1), target, k, count)
+        return plain if plain.plan["recall_at_10"] > self.plan["recall_at_10"] else self
 
     def _tune(self, x: np.ndarray, rng: np.random.Generator, target: float, k: int, count: int) -> None:
         faiss = import_faiss()

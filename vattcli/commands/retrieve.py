@@ -97,7 +97,7 @@ def _search(index_name: str, home: Path | None, ckpt: Path | None, device: str, 
         typer.echo(json.dumps({"index": str(index.folder), "space": space, "query": described,
                                "results": results}, ensure_ascii=False))
     else:
-        console.print(_table(index.name, space, described, hits))
+        console.print(_table(index.name, space, described, hits, (index.info.get("settings") or {}).get("root")))
 
 
 def _encode_query(model: Any, ckpt: Path, index: Any, text: str | None, video: Path | None,
@@ -125,13 +125,15 @@ def _time_range(item: dict[str, Any]) -> str:
     return f"{float(start):.1f}-{float(end):.1f} s" if end is not None else f"{float(start):.1f} s-"
 
 
-def _table(name: str, space: str, described: dict[str, str], hits: list) -> Table:
+def _table(name: str, space: str, described: dict[str, str], hits: list, root: str | None) -> Table:
+    from vattcli.retrieval.names import source_name
+
     (kind, value), = described.items()
     table = Table("rank", "score", "source", "time", "caption / label",
                   title=Text(f"{name} ({space} space): {kind} {value!r}"))
     for hit in hits:
         item = hit.item
         text = item.get("caption") or ("" if item.get("label") is None else str(item["label"]))
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(str(item.get("source") or item.get("key") or "")),
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(source_name(str(item["source"]), root) if item.get("source") else str(item.get("key") or "")),
                       _time_range(item), Text(text))
     return table

@@ -65,3 +65,15 @@ def missing_message(given: str, folder: Path, home: Path | None) -> str:
     names = list_indexes(home)
     available = ", ".join(names) or "none (build one: vatt index build NAME --videos DIR --ckpt CKPT)"
     return f"index {given!r} not found in {home}; available: {available}"
+
+
+def source_name(path: str, root: str | None) -> str:
+    """``path`` as shown to a client: relative to ``root`` when inside it, else its base name (a relative path from
+    a shard manifest is kept unless it climbs out with '..')."""
+    if root and os.path.isabs(path):
+        relative = os.path.relpath(path, root)
+        if relative != os.curdir and not relative.startswith(os.pardir):
+            return Path(relative).as_posix()
+    if os.path.isabs(path) or os.path.normpath(path).startswith(os.pardir):
+        return os.path.basename(path)
+    return Path(os.path.normpath(path)).as_posix()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vattcli.errors import ConfigError, MediaError, VattError
+from vattcli.retrieval.names import source_name
 
 # Content types of the media a browser can play, by suffix (the system's mime.types is not always installed).
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
@@ -48,18 +49,6 @@ class Limits:
 class MediaFile:
     path: Path
     content_type: str
-
-
-def source_name(path: str, root: str | None) -> str:
-    """``path`` as shown to a client: relative to ``root`` when inside it, else its base name (a relative path from
-    a shard manifest is kept unless it climbs out with '..')."""
-    if root and os.path.isabs(path):
-        relative = os.path.relpath(path, root)
-        if relative != os.curdir and not relative.startswith(os.pardir):
-            return Path(relative).as_posix()
-    if os.path.isabs(path) or os.path.normpath(path).startswith(os.pardir):
-        return os.path.basename(path)
-    return Path(os.path.normpath(path)).as_posix()
 
 
 def media_type(path: str | os.PathLike[str]) -> str:
