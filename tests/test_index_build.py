@@ -391,3 +391,18 @@ def test_folder_of_only_corrupt_media_exits_2_and_keeps_no_build(built, world):
                 "--index-home", home, env=world["env"])
     assert done.returncode == 2 and "no window of any file could be indexed" in done.stderr.splitlines()[-1]
     assert "x.mp4" in done.stderr and not (home.exists() and os.listdir(home)), os.listdir(home)
+
+
+def test_an_approximate_index_below_its_recall_target_is_reported_with_the_measured_recall():
+    from types import SimpleNamespace
+
+    from vattcli.indexing.run import recall_warnings
+
+    plans = {"vt": {"kind": "exact"},
+             "va": {"kind": "ivf", "nlist": 4096, "nprobe": 4096, "recall_at_10": 0.4913, "target_recall": 0.95,
+                    "target_met": False}}
+    lines = recall_warnings(SimpleNamespace(info={"search": plans}))
+    assert lines == ["warning: va: the approximate index reaches recall@10 0.491, below the target 0.95, even "
+                     "scanning 4096 of 4096 lists; rebuild with --search exact for exact results"]
+    plans["va"]["target_met"] = True
+    assert recall_warnings(SimpleNamespace(info={"search": plans})) == []

@@ -142,6 +142,8 @@ class AnnIndex:
         index = faiss.index_factory(x.shape[1], plan["factory"], faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = seed
+        if isinstance(index, faiss.IndexIVFPQ):  # a plain PQ plan: the factory returns the IVF index itself
+            index.do_polysemous_training = False  # Hamming-ordered codes only serve polysemous search: ~40 s wasted
         if centroids is not None:
             ivf.quantizer.add(centroids)  # a quantizer already holding nlist centroids is not trained again
         index.train(x[sample])

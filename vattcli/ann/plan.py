@@ -66,16 +66,21 @@ def fast_scan_m(dim: int) -> int | None:
     return dim // 8 if dim % 8 == 0 and dim >= 16 else None
 
 
-def codes_for(dim: int) -> list[tuple[str, bool, int]]:
-    """(code, pre-filtered, bytes per vector), most accurate first (module docstring)."""
-    m = fast_scan_m(dim)
+def train_size_for(n: int) -> int:
+    return min(n, TRAIN_PER_LIST * nlist_for(n))
+
+
+def codes_for(dim: int, n: int) -> list[tuple[str, bool, int]]:
+    """(code, pre-filtered, bytes per vector), most accurate first (module docstring), among those whose codebooks
+    ``n`` items can train: 39 points per centroid, 16 centroids per 4-bit and 256 per 8-bit sub-quantizer."""
+    m = fast_scan_m(dim) if train_size_for(n) >= MIN_POINTS_PER_LIST * 16 else None
     codes: list[tuple[str, bool, int]] = []
     for code, size in (("Flat", 4 * dim), ("SQ8", dim)):
         if m:
             codes.append((code, True, size + m // 2))
         codes.append((code, False, size))
     m = dim // 4
-    while m >= 8:
+    while m >= 8 and train_size_for(n) >= MIN_POINTS_PER_LIST * 256:
         if dim % m == 0:
             codes.append((f"PQ{m}", False, m))
         m //= 2
@@ -91,7 +96,7 @@ def _ivf_plan(n: int, dim: int, code: str, prefilter: bool, code_bytes: int) -> 
     stored = ("RFlat" if code == "Flat" else f"Refine({code})") if prefilter else code
     plan = {"kind": "ivf", "n": n, "dim": dim, "metric": "inner_product", "nlist": nlist,
             "quantizer": "hnsw32" if hnsw else "flat", "code": code, "scan": scan,
-            "factory": ",".join(filter(None, (coarse, scan, stored))), "train_size": min(n, TRAIN_PER_LIST * nlist),
+            "factory": ",".join(filter(None, (coarse, scan, stored))), "train_size": train_size_for(n),
             "bytes_per_item": round(code_bytes + ID_BYTES + quantizer_bytes / n, 2)}
     if prefilter:
         plan["k_factor"] = K_FACTOR
@@ -124,7 +129,7 @@ def choose_plan(n: int, dim: int, *, memory_budget: int | None = None,
     exact = {"kind": "exact", "n": n, "dim": dim, "metric": "inner_product", "bytes_per_item": 4 * dim}
     if n < exact_below and _fits(exact, memory_budget):
         return exact
-    codes = codes_for(dim)
+    codes = codes_for(dim, n)
     if memory_budget is None:
         return _ivf_plan(n, dim, *next(c for c in codes if c[0] == DEFAULT_CODE))
     for candidate in codes:

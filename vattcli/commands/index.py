@@ -113,7 +113,7 @@ def _run(target: Path, files: list[Path], root: Path | None, *, ckpt: Path, wind
          budget: int | None, verify: bool, command: str, base: Any = None, commit_every: int = 4096) -> None:
     from vattcli.checkpoints import weights_hash
     from vattcli.indexing.build import BuildSettings
-    from vattcli.indexing.run import Job, describe_search, run_job
+    from vattcli.indexing.run import Job, describe_search, recall_warnings, run_job
 
     model, spec, folder, tok, dev = _model(ckpt, device, verify)
     window = window or spec.seconds
@@ -139,6 +139,8 @@ def _run(target: Path, files: list[Path], root: Path | None, *, ckpt: Path, wind
         return
     err.print(f"built index {index.folder}: {len(index)} windows from {index.info['num_sources']} files "
               f"({describe_search(index)})", markup=False)
+    for line in recall_warnings(index):
+        err.print(line, markup=False)
 
 
 @app.command("build")
@@ -271,7 +273,7 @@ def merge(
 ) -> None:
     """Join the parts of a build made by separate `--part I/N` jobs into the index (refuses while a part is
     unfinished, naming it)."""
-    from vattcli.indexing.run import describe_search, merge_recorded
+    from vattcli.indexing.run import describe_search, merge_recorded, recall_warnings
     from vattcli.retrieval.names import resolve_index
 
     budget = _parse_bytes(memory_budget)
@@ -281,6 +283,8 @@ def merge(
                            resume_hint=_command(["build", name, "..."], index_home))
     err.print(f"merged index {index.folder}: {len(index)} windows from {index.info['num_sources']} files "
               f"({describe_search(index)})", markup=False)
+    for line in recall_warnings(index):
+        err.print(line, markup=False)
 
 
 register_admin(app)

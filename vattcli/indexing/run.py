@@ -170,3 +170,13 @@ def describe_search(index: RetrievalIndex) -> str:
             parts.append(f"{space}: {plan.get('factory', plan.get('kind'))}, nprobe {plan.get('nprobe')}, "
                          f"recall@10 {plan.get('recall_at_10', float('nan')):.3f}")
     return "; ".join(parts)
+
+
+def recall_warnings(index: RetrievalIndex) -> list[str]:
+    """One line per space whose approximate index did not reach its recall target (the measured recall is kept and
+    used: the user decides whether exact search is worth its time)."""
+    return [f"warning: {space}: the approximate index reaches recall@10 {plan.get('recall_at_10', 0):.3f}, below "
+            f"the target {plan.get('target_recall', 0.95):.2f}, even scanning {plan.get('nprobe')} of "
+            f"{plan.get('nlist')} lists; rebuild with --search exact for exact results"
+            for space, plan in (index.info.get("search") or {}).items()
+            if plan.get("kind") != "exact" and plan.get("target_met") is False]
