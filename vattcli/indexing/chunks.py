@@ -15,6 +15,7 @@ either in exactly one committed chunk or indexed again. Resume therefore never d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from vattcli.errors import VattError
+from vattcli.retrieval.store import write_thumbnails
 from vattcli.retrieval.tensors import SafetensorsFile
 
 BUILD = "build.json"
@@ -66,7 +67,7 @@ class FileWindows:
 
     source: dict[str, Any]  # path, size, mtime, duration, has_video, has_audio, windows, (skipped: reason, message)
     items: list[dict[str, Any]] = field(default_factory=list)  # start, end per window
-    vt: list[torch.Tensor] = field(default_factory=list)  # one (d_vt,) per window with video
+    vt: list[torch.Tensor | None] = field(default_factory=list)  # one (d_vt,) per window; None: audio only
     va: list[torch.Tensor] = field(default_factory=list)  # one (d_va,) per window
     has_vt: list[bool] = field(default_factory=list)
     thumbs: list[bytes | None] = field(default_factory=list)
@@ -103,27 +104,17 @@ class PartWriter:
         vt, va, rows_vt = [], [], []
         for local, fw in enumerate(self.pending):
             sources.append(fw.source)
-            for item, v_vt, v_va, has_vt, thumb in zip(fw.items, fw.vt or [None] * len(fw.items), fw.va, fw.has_vt,
-                                                       fw.thumbs):
+            for item, v_vt, v_va, has_vt, thumb in zip(fw.items, fw.vt, fw.va, fw.has_vt, fw.thumbs):
                 if has_vt:
                     vt.append(v_vt)
                     rows_vt.append(len(items))
                 va.append(v_va)
                 items.append({**item, "source_id": local})
                 thumbs.append(thumb)
-        table = np.zeros((len(items), 2), np.int64)
-        offset = 0
-        with open(f"{stem}.thumbs", "wb") as f:
-            for i, jpeg in enumerate(thumbs):
-                if jpeg:
-                    f.write(jpeg)
-                    table[i] = (offset, len(jpeg))
-                    offset += len(jpeg)
-            f.flush()
-            os.fsync(f.fileno())
+        table = write_thumbnails(thumbs, Path(f"{stem}.thumbs"))
         tensors = {"vt": _stack(vt, self.dims["vt"]), "va": _stack(va, self.dims["va"]),
                    "rows_vt": torch.tensor(rows_vt, dtype=torch.int64),
-                   "rows_va": torch.arange(len(items), dtype=torch.int64), "thumbs": torch.from_numpy(table)}
+                   "rows_va": torch.arange(len(items), dtype=torch.int64), "thumbs": table}
         save_file(tensors, f"{stem}.safetensors")
         with open(f"{stem}.safetensors", "rb") as f:
             os.fsync(f.fileno())
@@ -146,11 +137,14 @@ class Chunk:
     def tensors(self) -> SafetensorsFile:
         return SafetensorsFile(Path(f"{self.stem}.safetensors"))
 
+    @functools.cached_property
+    def _thumbs(self) -> Any:
+        return open(f"{self.stem}.thumbs", "rb")  # one handle per chunk: a merge reads every item's thumbnail
+
     def thumbnail(self, offset: int, length: int) -> bytes | None:
         if length <= 0:
             return None
-        with open(f"{self.stem}.thumbs", "rb") as f:
-            return os.pread(f.fileno(), length, offset)
+        return os.pread(self._thumbs.fileno(), length, offset)
 
 
 def read_chunks(part: Path) -> list[Chunk]:

@@ -26,7 +26,7 @@ class WindowBatcher:
         fw.items.append({"start": sample["start"], "end": sample["end"]})
         fw.thumbs.append(sample.get("thumb"))
         fw.has_vt.append(sample["video"] is not None)
-        fw.vt.append(None)  # type: ignore[arg-type]
+        fw.vt.append(None)
         fw.va.append(None)  # type: ignore[arg-type]
         if sample["video"] is not None:
             self.video.append((fw, position, sample["video"]))

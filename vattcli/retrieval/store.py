@@ -134,7 +134,8 @@ def read_sources(folder: Path) -> list[dict[str, Any]]:
     return sources
 
 
-def _thumb_table(thumbnails: Sequence[bytes | None], out: Path) -> torch.Tensor:
+def write_thumbnails(thumbnails: Sequence[bytes | None], out: Path) -> torch.Tensor:
+    """The JPEGs one after another in ``out`` (flushed to disk); returns the (N, 2) offset/length table (0, 0: none)."""
     table = np.zeros((len(thumbnails), 2), np.int64)
     offset = 0
     with open(out, "wb") as f:
@@ -143,6 +144,8 @@ def _thumb_table(thumbnails: Sequence[bytes | None], out: Path) -> torch.Tensor:
                 f.write(jpeg)
                 table[i] = (offset, len(jpeg))
                 offset += len(jpeg)
+        f.flush()
+        os.fsync(f.fileno())
     return torch.from_numpy(table)
 
 
@@ -161,7 +164,7 @@ def write_folder(folder: Path, info: dict[str, Any], content: IndexContent,
         tensors = {SPACES[s]: content.vectors[s].contiguous() for s in SPACES}
         tensors.update({ROWS[s]: content.rows[s].to(torch.int64).clone() for s in SPACES})
         if content.thumbnails is not None:
-            tensors["thumbs"] = _thumb_table(content.thumbnails, tmp / THUMBS)
+            tensors["thumbs"] = write_thumbnails(content.thumbnails, tmp / THUMBS)
         save_file(tensors, str(tmp / EMBEDDINGS), metadata={"format": FORMAT})
         _readable_as_umask_allows(tmp / EMBEDDINGS)  # safetensors writes 0600; a server of another user reads it
         with open(tmp / ITEMS, "w", encoding="utf-8") as f:
